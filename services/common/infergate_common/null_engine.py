@@ -1,0 +1,215 @@
+"""The benchmark engine: a worker that answers at once and streams N tokens
+at a set pace, through the real worker API, the real Redis stream protocol
+and the real registration. It measures the platform itself (router,
+streams, registry) with the model's cost taken out, as LiteLLM's and vLLM
+production-stack's mock servers do in their benchmarks. It never serves
+users: its backend is ``null`` and its text is ``tok0 tok1 ...``.
+
+    python -m infergate_common.null_engine --model_name null --port 8199 \
+        --tokens 16 --token_interval_ms 0 --registry_url http://127.0.0.1:8090
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from typing import Any
+
+import redis
+
+from .engine import Engine
+from .errors import InvalidRequest
+from .logs import configure_logging
+from .settings import load_settings
+from .streams import HEARTBEAT_INTERVAL_S, StreamWriter
+from .worker_api import (
+    Backend,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    EncodeRequest,
+    EncodeResponse,
+    GenerateChoice,
+    GenerateRequest,
+    GenerateResponse,
+    Task,
+    TokenizeRequest,
+    TokenizeResponse,
+    Usage,
+    WorkerInfo,
+)
+from .worker_runner import WorkerServerSettings, run_worker
+
+
+class NullEngine(Engine):
+    def __init__(
+        self,
+        name: str,
+        task: Task,
+        tokens: int,
+        token_interval_s: float,
+        redis_client: Any,
+        stream_prefix: str,
+        max_model_len: int = 4096,
+        dimensions: int = 8,
+    ) -> None:
+        self.name = name
+        self.task = task
+        self.tokens = tokens
+        self.interval = token_interval_s
+        self.redis = redis_client
+        self.prefix = stream_prefix
+        self.max_model_len = max_model_len
+        self.dimensions = dimensions
+        self.cancelled: set[str] = set()
+        self.lock = threading.Lock()
+        self.loaded = False
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            name=self.name,
+            model_id="infergate/null-engine",
+            task=self.task,
+            backend=Backend.NULL,
+            backend_reason="benchmark engine (answers instantly, never serves users)",
+            architecture="NullEngine",
+            dtype="none",
+            device="none",
+            max_model_len=self.max_model_len,
+            chat_template=True,
+        )
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def ready(self) -> tuple[bool, str]:
+        return (True, "") if self.loaded else (False, "loading")
+
+    @staticmethod
+    def _prompt_tokens(request: GenerateRequest) -> int:
+        if isinstance(request.prompt, list):
+            return len(request.prompt)
+        if request.prompt is not None:
+            return max(1, len(request.prompt.split()))
+        return sum(len(str(m.content or "").split()) + 1 for m in request.messages or [])
+
+    def _count(self, request: GenerateRequest) -> tuple[int, str]:
+        limit = request.params.max_tokens
+        if limit is not None and limit < self.tokens:
+            return limit, "length"
+        return self.tokens, "stop"
+
+    def generate(self, request: GenerateRequest) -> GenerateResponse:
+        count, reason = self._count(request)
+        text = "".join(f"tok{i} " for i in range(count))
+        prompt_tokens = self._prompt_tokens(request)
+        choices = [
+            GenerateChoice(index=i, text=text, finish_reason=reason, completion_tokens=count)  # type: ignore[arg-type]
+            for i in range(request.params.n)
+        ]
+        completion = count * request.params.n
+        return GenerateResponse(
+            request_id=request.request_id,
+            choices=choices,
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion,
+                total_tokens=prompt_tokens + completion,
+            ),
+        )
+
+    def start_stream(self, request: GenerateRequest) -> None:
+        threading.Thread(target=self._stream, args=(request,), daemon=True).start()
+
+    def _stream(self, request: GenerateRequest) -> None:
+        writer = StreamWriter(self.redis, request.request_id, self.prefix)
+        count, reason = self._count(request)
+        last_beat = time.monotonic()
+        for i in range(count):
+            if request.request_id in self.cancelled:
+                writer.done(
+                    {c: "abort" for c in range(request.params.n)}, Usage(prompt_tokens=0, total_tokens=0)
+                )
+                return
+            for choice in range(request.params.n):
+                final = reason if i == count - 1 else None
+                writer.delta(choice, f"tok{i} ", 1, finish_reason=final)  # type: ignore[arg-type]
+            if self.interval:
+                time.sleep(self.interval)
+            if time.monotonic() - last_beat > HEARTBEAT_INTERVAL_S:
+                writer.heartbeat()
+                last_beat = time.monotonic()
+        prompt_tokens = self._prompt_tokens(request)
+        completion = count * request.params.n
+        writer.done(
+            {c: reason for c in range(request.params.n)},  # type: ignore[misc]
+            Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion,
+                total_tokens=prompt_tokens + completion,
+            ),
+        )
+
+    def cancel(self, request_id: str) -> bool:
+        with self.lock:
+            self.cancelled.add(request_id)
+        return True
+
+    def encode(self, request: EncodeRequest) -> EncodeResponse:
+        if self.task.generative:
+            raise InvalidRequest("this model generates text")
+        dims = request.dimensions or self.dimensions
+        vectors = [[round(1.0 / dims**0.5, 6)] * dims for _ in request.inputs]
+        tokens = sum(len(text.split()) for text in request.inputs)
+        return EncodeResponse(
+            request_id=request.request_id,
+            task=self.task,
+            predictions=vectors,
+            datatype="FP32",
+            shape=[len(vectors), dims],
+            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        text = request.prompt or " ".join(str(m.content or "") for m in request.messages or [])
+        ids = list(range(len(text.split())))
+        return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=self.max_model_len)
+
+    def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+        return DetokenizeResponse(prompt=" ".join(f"tok{t}" for t in request.tokens))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model_name", default="null")
+    parser.add_argument("--task", default=Task.TEXT_GENERATION.value, choices=[t.value for t in Task])
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--token_interval_ms", type=float, default=0.0)
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--registry_url")
+    parser.add_argument("--redis_url")
+    args = parser.parse_args(argv)
+    configure_logging("worker-null")
+    settings = load_settings(
+        WorkerServerSettings,
+        host=args.host,
+        port=args.port,
+        registry_url=args.registry_url,
+        redis_url=args.redis_url,
+    )
+    engine = NullEngine(
+        args.model_name,
+        Task(args.task),
+        args.tokens,
+        args.token_interval_ms / 1000.0,
+        redis.Redis.from_url(settings.redis_url),
+        settings.stream_prefix,
+    )
+    return run_worker(engine, settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,247 @@
+"""The internal worker API: one contract, implemented by worker-hf and
+worker-vllm, called by the router and the batch worker.
+
+Routes (all JSON):
+
+* ``GET /healthz`` -> ``{"status": "ok"}`` while the process lives.
+* ``GET /readyz`` -> 200 ``{"ready": true}`` once the model is loaded and
+  the engine healthy, else 503 ``{"ready": false, "reason": ...}``.
+* ``GET /info`` -> :class:`WorkerInfo`.
+* ``POST /generate`` :class:`GenerateRequest` -> :class:`GenerateResponse`
+  (200), or with ``stream: true`` :class:`StreamAccepted` (202) once admitted;
+  the tokens then travel through Redis (see :mod:`infergate_common.streams`).
+* ``POST /encode`` :class:`EncodeRequest` -> :class:`EncodeResponse`.
+* ``POST /tokenize`` :class:`TokenizeRequest` -> :class:`TokenizeResponse`.
+* ``POST /detokenize`` :class:`DetokenizeRequest` -> :class:`DetokenizeResponse`.
+* ``POST /cancel/<request_id>`` -> ``{"cancelled": bool}``.
+
+Errors are ``{"error": {"message", "type", "param", "code", "status"}}`` with
+the matching HTTP status (:func:`infergate_common.errors.to_payload`).
+
+The worker knows nothing of OpenAI or KServe shapes: the router translates.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Task(StrEnum):
+    SEQUENCE_CLASSIFICATION = "sequence_classification"
+    TOKEN_CLASSIFICATION = "token_classification"
+    FILL_MASK = "fill_mask"
+    TEXT_GENERATION = "text_generation"
+    TEXT2TEXT_GENERATION = "text2text_generation"
+    TEXT_EMBEDDING = "text_embedding"
+
+    @property
+    def generative(self) -> bool:
+        return self in (Task.TEXT_GENERATION, Task.TEXT2TEXT_GENERATION)
+
+
+class Backend(StrEnum):
+    HUGGINGFACE = "huggingface"
+    VLLM = "vllm"
+    # A benchmark engine that answers instantly; it never serves users.
+    NULL = "null"
+
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------- info
+
+
+class WorkerInfo(_Model):
+    name: str
+    model_id: str
+    revision: str | None = None
+    task: Task
+    backend: Backend
+    backend_reason: str = ""
+    architecture: str | None = None
+    dtype: str
+    device: str
+    max_model_len: int | None = None
+    # Generative models: whether the tokenizer has a chat template.
+    chat_template: bool = False
+    # Whether the model is an encoder-decoder (echo is refused there).
+    encoder_decoder: bool = False
+    # Names the model also answers to.
+    aliases: list[str] = Field(default_factory=list)
+    # Extra facts for humans (labels of a classifier, engine flags, ...).
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+# ----------------------------------------------------------------- generate
+
+
+class ChatMessage(BaseModel):
+    """One chat message as OpenAI sends it; unknown keys travel untouched so
+    chat templates that use them (tool calls, names) see them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class SamplingParams(_Model):
+    """What a generation may do. Defaults are OpenAI's; the router fills
+    ``max_tokens`` (``None`` means: up to the context length)."""
+
+    n: int = Field(1, ge=1, le=128)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    # Number of most likely alternatives to return per token; None: no logprobs.
+    logprobs: int | None = Field(None, ge=0, le=20)
+    # Completions only: return the prompt before the completion.
+    echo: bool = False
+    ignore_eos: bool = False
+
+
+class GenerateRequest(_Model):
+    request_id: str = Field(min_length=1, max_length=200)
+    # Exactly one of prompt (text or token ids) and messages.
+    prompt: str | list[int] | None = None
+    messages: list[ChatMessage] | None = None
+    params: SamplingParams = Field(default_factory=lambda: SamplingParams())
+    stream: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerateRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("exactly one of 'prompt' and 'messages' must be given")
+        if self.messages is not None and not self.messages:
+            raise ValueError("'messages' must not be empty")
+        return self
+
+
+class TopLogprob(_Model):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(_Model):
+    """One generated (or, with echo, prompt) token with its log probability;
+    the first prompt token has none."""
+
+    token: str
+    logprob: float | None
+    bytes: list[int] | None = None
+    # Offset of the token's text inside the returned text.
+    text_offset: int = 0
+    top: list[TopLogprob] = Field(default_factory=list)
+
+
+class Usage(_Model):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class GenerateChoice(_Model):
+    index: int
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+
+
+class GenerateResponse(_Model):
+    request_id: str
+    choices: list[GenerateChoice]
+    usage: Usage
+
+
+class StreamAccepted(_Model):
+    """202 answer of a streaming ``/generate``: the Redis stream to read."""
+
+    request_id: str
+    stream_key: str
+
+
+# ------------------------------------------------------------------- encode
+
+
+class EncodeRequest(_Model):
+    request_id: str = Field(min_length=1, max_length=200)
+    inputs: list[str] = Field(min_length=1)
+    # Per-request overrides of the worker's start-up flags (KServe names).
+    return_probabilities: bool | None = None
+    return_raw_logits: bool | None = None
+    return_offsets_mapping: bool | None = None
+    # Label names from id2label instead of class indexes.
+    return_labels: bool | None = None
+    # Embeddings: truncate to this many dimensions (OpenAI ``dimensions``).
+    dimensions: int | None = Field(None, ge=1)
+
+
+class EncodeResponse(_Model):
+    """One prediction per input, in KServe's v1 shape for the task:
+
+    * sequence classification: class index (int), label name (str),
+      ``{"<index>": prob}`` or a list of logits;
+    * token classification: ``[[label, ...]]`` per input (KServe's nested
+      shape, special and padding positions included);
+    * fill mask: the decoded token at each mask (a str, or a list when an
+      input has several masks);
+    * embeddings: a list of floats.
+
+    ``datatype`` and ``shape`` describe the same data as a v2 tensor.
+    """
+
+    request_id: str
+    task: Task
+    predictions: list[Any]
+    datatype: str
+    shape: list[int]
+    offsets_mapping: list[Any] | None = None
+    usage: Usage
+
+
+# ----------------------------------------------------------------- tokenize
+
+
+class TokenizeRequest(_Model):
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("exactly one of 'prompt' and 'messages' must be given")
+        return self
+
+
+class TokenizeResponse(_Model):
+    tokens: list[int]
+    count: int
+    max_model_len: int | None = None
+
+
+class DetokenizeRequest(_Model):
+    tokens: list[int]
+
+
+class DetokenizeResponse(_Model):
+    prompt: str
+
+
+class CancelResponse(_Model):
+    cancelled: bool

@@ -1,0 +1,1 @@
+"""infergate registry: models, replicas, domains and aliases, stored in Redis."""

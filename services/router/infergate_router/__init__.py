@@ -1,0 +1,1 @@
+"""infergate router: the public OpenAI and KServe v1/v2 surface."""

@@ -1,0 +1,1 @@
+"""infergate worker-hf: any Hugging Face model with transformers and torch."""
