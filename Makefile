@@ -1,0 +1,27 @@
+# infergate: every target is one line that calls a script in ci/ or a tool.
+# `make help` lists them.
+.DEFAULT_GOAL := help
+export MODEL_ID MODEL_NAME TASK BACKEND PORT FULL
+
+run: ## Install what is missing and serve models locally (MODEL_ID=, MODEL_NAME=, TASK=, BACKEND=, PORT=)
+	@bash ci/run.sh
+
+test: ## Install what is missing, then lint and run every test
+	@bash ci/test.sh
+
+lint: ## ruff and mypy over services/, tests/ and bench/
+	@bash ci/lint.sh
+
+chart: ## helm lint, render, schema and Kubernetes validation of charts/infergate
+	@bash ci/chart.sh
+
+bench: ## Quick benchmarks into bench/results/ (FULL=1 for the whole set)
+	@bash ci/bench.sh
+
+models: ## Build the small offline test models into var/models
+	@bash ci/models.sh
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+.PHONY: run test lint chart bench models help

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make test`: install what is missing, lint, then every test suite.
+# Each service's tests run in their own pytest process (their conftest files
+# are independent); the vLLM suites run in the worker-vllm environment.
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+bash ci/setup.sh
+bash ci/setup_vllm.sh
+bash ci/lint.sh
+
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider --timeout=600)
+if [ -n "${PYTEST_ARGS:-}" ]; then read -r -a extra <<<"$PYTEST_ARGS"; PYTEST+=("${extra[@]}"); fi
+
+run_suite() {
+    local name=$1; shift
+    say "tests: $name"
+    set +e
+    "$@"
+    local rc=$?
+    set -e
+    # exit 5: the suite collected no test (e.g. every test deselected)
+    if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then
+        echo "test suite '$name' failed (exit $rc)" >&2
+        exit $rc
+    fi
+}
+
+run_suite common "${PYTEST[@]}" services/common/tests
+run_suite registry "${PYTEST[@]}" services/registry/tests
+run_suite router "${PYTEST[@]}" services/router/tests
+run_suite worker-hf "${PYTEST[@]}" services/worker-hf/tests
+run_suite integration "${PYTEST[@]}" tests -m "not vllm"
+say "chart"
+bash ci/chart.sh
+VPY="$ROOT/.venv-vllm/bin/python"
+run_suite worker-vllm "$VPY" -m pytest -q -p no:cacheprovider --timeout=900 services/worker-vllm/tests
+run_suite vllm-integration "${PYTEST[@]}" -m vllm tests
+say "all tests passed"
