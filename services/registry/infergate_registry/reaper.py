@@ -1,0 +1,48 @@
+"""Sweeps expired replicas out of the registry and announces them.
+
+Listings already hide a replica whose lease has passed; the sweeper removes
+it and publishes ``replica_expired`` so routers drop their caches at once.
+Several registry processes may sweep at the same time: the removal is one
+atomic script, so each expiry is announced once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from .store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    def __init__(self, store: RegistryStore, interval_s: float) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="registry-reaper", daemon=True)
+
+    def start(self) -> Reaper:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        failing = False
+        while not self.stopped.wait(self.interval_s):
+            try:
+                for name, url in self.store.reap_expired():
+                    log.info("replica expired", extra={"model": name, "replica": url})
+                if failing:
+                    log.info("redis reachable again")
+                failing = False
+            except redis.RedisError as exc:
+                if not failing:
+                    log.warning("cannot sweep expired replicas: %s", exc)
+                failing = True

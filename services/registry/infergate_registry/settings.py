@@ -1,0 +1,16 @@
+"""The registry's one settings object, read from ``INFERGATE_*`` variables."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from infergate_common.streams import DEFAULT_PREFIX
+
+
+class RegistrySettings(BaseModel):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Prefix of every Redis key and of the change channel (shared with routers and workers).
+    stream_prefix: str = DEFAULT_PREFIX
+    # How often expired replicas are swept out and announced; 0 turns the sweeper off
+    # (listings still hide expired replicas, they are only not announced).
+    reap_interval_s: float = Field(0.5, ge=0)

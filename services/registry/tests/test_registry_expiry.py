@@ -1,0 +1,112 @@
+"""Replicas that stop heartbeating: swept out and announced."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from infergate_common.registry_api import ReplicaRegistration, changes_channel
+from infergate_common.worker_api import Backend, Task, WorkerInfo
+from infergate_registry.app import create_app
+from infergate_registry.settings import RegistrySettings
+from infergate_registry.store import RegistryStore
+
+
+def registration(url: str, ttl_s: float) -> ReplicaRegistration:
+    info = WorkerInfo(
+        name="tiny",
+        model_id="m",
+        task=Task.TEXT_GENERATION,
+        backend=Backend.HUGGINGFACE,
+        dtype="float32",
+        device="cpu",
+    )
+    return ReplicaRegistration(url=url, info=info, ttl_s=ttl_s)
+
+
+class FakeClock:
+    """Time under the test's control, so expiry is checked without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_reap_removes_only_expired_replicas_and_announces_them(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    clock = FakeClock()
+    store = RegistryStore(redis_client, prefix, clock=clock)
+    store.register("tiny", registration("http://a", ttl_s=2))
+    store.register("tiny", registration("http://b", ttl_s=10))
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(changes_channel(prefix))
+    pubsub.get_message(timeout=1)
+
+    clock.now += 1
+    assert store.reap_expired() == []
+    clock.now += 1.5
+    assert store.reap_expired() == [("tiny", "http://a")]
+    assert store.reap_expired() == []
+    message = pubsub.get_message(timeout=1)
+    assert message is not None
+    assert json.loads(message["data"]) == {"model": "tiny", "change": "replica_expired"}
+    assert [r.url for r in store.get("tiny").replicas] == ["http://b"]
+    assert redis_client.hkeys(f"{prefix}:registry:replicas:tiny") == ["http://b"]
+    pubsub.close()
+
+
+def test_heartbeat_in_time_keeps_the_replica(redis_client: redis.Redis, prefix: str) -> None:
+    clock = FakeClock()
+    store = RegistryStore(redis_client, prefix, clock=clock)
+    store.register("tiny", registration("http://a", ttl_s=2))
+    for _ in range(5):
+        clock.now += 1.5
+        store.register("tiny", registration("http://a", ttl_s=2))
+        assert store.reap_expired() == []
+    assert [r.url for r in store.get("tiny").replicas] == ["http://a"]
+
+
+def test_expired_replica_coming_back_is_announced_as_added(redis_client: redis.Redis, prefix: str) -> None:
+    clock = FakeClock()
+    store = RegistryStore(redis_client, prefix, clock=clock)
+    store.register("tiny", registration("http://a", ttl_s=1))
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(changes_channel(prefix))
+    pubsub.get_message(timeout=1)
+    clock.now += 5
+    assert store.get("tiny").replicas == []
+    store.register("tiny", registration("http://a", ttl_s=1))
+    message = pubsub.get_message(timeout=1)
+    assert message is not None
+    assert json.loads(message["data"])["change"] == "replica_added"
+    pubsub.close()
+
+
+def test_the_app_sweeps_in_the_background(redis_url: str, redis_client: redis.Redis, prefix: str) -> None:
+    app = create_app(RegistrySettings(redis_url=redis_url, stream_prefix=prefix, reap_interval_s=0.1))
+    try:
+        pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(changes_channel(prefix))
+        pubsub.get_message(timeout=1)
+        client = app.test_client()
+        body = registration("http://a", ttl_s=0.3).model_dump(mode="json")
+        assert client.post("/registry/models/tiny/replicas", json=body).status_code == 200
+        started = time.monotonic()
+        seen = []
+        while time.monotonic() - started < 3:
+            message = pubsub.get_message(timeout=0.1)
+            if message is not None:
+                seen.append(json.loads(message["data"])["change"])
+                if seen[-1] == "replica_expired":
+                    break
+        assert seen == ["model_created", "replica_added", "replica_expired"]
+        # Expired within its lease plus one sweep.
+        assert time.monotonic() - started < 1.0
+        pubsub.close()
+    finally:
+        app.extensions["infergate_reaper"].stop()
