@@ -161,9 +161,7 @@ class Stack:
             raise
         return worker
 
-    def null_worker(
-        self, name: str, *args: str, env: Mapping[str, str] | None = None
-    ) -> Worker:
+    def null_worker(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Worker:
         """A benchmark-engine worker: real process, real streams, instant answers."""
         cmd = [sys.executable, "-m", "infergate_common.null_engine", "--model_name", name, *args]
         return self.start_worker(name, cmd, env=env, timeout_s=30)
@@ -195,4 +193,3 @@ class Stack:
             with contextlib.suppress(OSError):
                 parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}")
         return "\n".join(parts)
-
