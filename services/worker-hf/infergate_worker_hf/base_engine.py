@@ -51,6 +51,8 @@ class HFEngine(Engine):
         self.task = task
         self.redis = redis_client
         self.loaded: LoadedModel | None = None
+        # Fast tokenizers refuse concurrent calls ("Already borrowed").
+        self.tokenizer_lock = threading.Lock()
         self._ready = threading.Event()
         self._stopped = threading.Event()
         if settings.backend == "vllm" and not settings.backend_reason:
@@ -145,7 +147,8 @@ class HFEngine(Engine):
 
     def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         loaded = self.require_loaded()
-        return list(loaded.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        with self.tokenizer_lock:
+            return list(loaded.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         loaded = self.require_loaded()

@@ -7,8 +7,19 @@ import importlib
 from infergate_common.worker_api import Task
 
 from .base_engine import HFEngine
+from .encoders import (
+    EmbeddingEngine,
+    FillMaskEngine,
+    SequenceClassificationEngine,
+    TokenClassificationEngine,
+)
 
-ENGINES: dict[Task, type[HFEngine]] = {}
+ENGINES: dict[Task, type[HFEngine]] = {
+    Task.SEQUENCE_CLASSIFICATION: SequenceClassificationEngine,
+    Task.TOKEN_CLASSIFICATION: TokenClassificationEngine,
+    Task.FILL_MASK: FillMaskEngine,
+    Task.TEXT_EMBEDDING: EmbeddingEngine,
+}
 
 
 def _generation_engine() -> type[HFEngine] | None:
