@@ -1,0 +1,189 @@
+"""The router's Flask application factory.
+
+``create_app(settings)`` runs a list of named steps; nothing connects to
+Redis, the registry or a worker until a request needs it, so the app can be
+built at import time by ``wsgi.py`` and in tests without any service up.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from infergate_common.errors import (
+    AuthenticationFailed,
+    InfergateError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+)
+from infergate_common.logs import current_request_id, request_context
+
+from .protocols import kserve
+from .protocols.openai import routes as openai_routes
+from .protocols.v1 import routes as v1_routes
+from .protocols.v2 import routes as v2_routes
+from .services import EXTENSION, RouterServices, services
+from .settings import RouterSettings
+
+log = logging.getLogger("infergate_router")
+
+Renderer = Callable[[InfergateError], Response]
+
+# Each protocol renders errors in its own shape; requests that matched no
+# route are told apart by their path.
+RENDERERS: dict[str, Renderer] = {
+    "openai": openai_routes.render_error,
+    "openai_hints": openai_routes.render_error,
+    "v1": v1_routes.render_error,
+    "v2": v2_routes.render_error,
+}
+
+# Reachable without an API key: liveness and readiness probes, metrics.
+OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready", "/metrics"})
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def renderer_for_request() -> Renderer:
+    renderer = RENDERERS.get(request.blueprint or "")
+    if renderer is not None:
+        return renderer
+    if request.path.startswith("/openai/"):
+        return openai_routes.render_error
+    return kserve.render_error
+
+
+# ------------------------------------------------------------------- steps
+
+
+def configure(app: Flask, settings: RouterSettings) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION] = RouterServices.build(settings)
+
+
+def register_request_hooks(app: Flask) -> None:
+    settings: RouterSettings = app.extensions[EXTENSION].settings
+
+    @app.before_request
+    def start() -> None:
+        g.started_at = time.monotonic()
+        given = request.headers.get("X-Request-Id", "")
+        g.client_request_id = bool(_SAFE_REQUEST_ID.match(given))
+        g.request_id = given if g.client_request_id else uuid.uuid4().hex
+        g.log_context = request_context(g.request_id)
+        g.log_context.__enter__()
+        services().changes.ensure_started()
+
+    @app.before_request
+    def check_body_size() -> None:
+        length = request.content_length
+        if length is not None and length > settings.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}"
+            )
+
+    @app.before_request
+    def authenticate() -> None:
+        if not settings.api_keys or request.path in OPEN_PATHS:
+            return
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not any(
+            hmac.compare_digest(key.strip().encode(), allowed.encode()) for allowed in settings.api_keys
+        ):
+            raise AuthenticationFailed(
+                "Missing or invalid API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key"
+            )
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        request_id = g.get("request_id")
+        if request_id:
+            response.headers["X-Request-Id"] = request_id
+        started = g.get("started_at")
+        if started is not None:
+            seconds = time.monotonic() - started
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            services().metrics.request(route, request.method, response.status_code, seconds)
+            log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": round(seconds * 1000, 2),
+                },
+            )
+        return response
+
+    @app.teardown_request
+    def leave_context(_: BaseException | None) -> None:
+        context = g.pop("log_context", None)
+        if context is not None and current_request_id() is not None:
+            context.__exit__(None, None, None)
+
+
+def register_blueprints(app: Flask) -> None:
+    app.register_blueprint(openai_routes.blueprint)
+    app.register_blueprint(openai_routes.hints)
+    app.register_blueprint(v1_routes.blueprint)
+    app.register_blueprint(v2_routes.blueprint)
+
+    @app.get("/")
+    def alive() -> Response:
+        return jsonify({"status": "alive"})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(services().metrics.render(), mimetype="text/plain; version=0.0.4")
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(InfergateError)
+    def infergate_error(error: InfergateError) -> Response:
+        if error.status >= 500:
+            log.warning("request failed: %s", error.message, extra={"status": error.status})
+        return renderer_for_request()(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        converted: InfergateError
+        if status == 404:
+            converted = NotFound(f"Not found: {request.method} {request.path}")
+        elif status == 413:
+            converted = PayloadTooLarge(
+                f"request body exceeds the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
+            )
+        else:
+            converted = InvalidRequest(error.description or error.name, status=status)
+        return renderer_for_request()(converted)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unexpected router error")
+        return renderer_for_request()(InfergateError(f"internal error: {type(error).__name__}"))
+
+
+STEPS: tuple[Callable[[Flask], None], ...] = (
+    register_request_hooks,
+    register_blueprints,
+    register_error_handlers,
+)
+
+
+def create_app(settings: RouterSettings) -> Flask:
+    app = Flask("infergate_router")
+    configure(app, settings)
+    for step in STEPS:
+        step(app)
+    return app

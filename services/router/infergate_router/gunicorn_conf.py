@@ -1,0 +1,30 @@
+"""gunicorn settings of the router:
+``gunicorn --config python:infergate_router.gunicorn_conf infergate_router.wsgi:app``.
+
+gevent workers: each holds hundreds of open SSE streams as greenlets.
+``INFERGATE_BIND`` (default ``0.0.0.0:8080``) and ``INFERGATE_WORKERS``
+(default 2) come from the environment.
+"""
+
+import os
+
+bind = os.environ.get("INFERGATE_BIND", "0.0.0.0:8080")
+workers = int(os.environ.get("INFERGATE_WORKERS", "2"))
+worker_class = "gevent"
+# Open connections per worker: every streaming client holds one for its
+# whole generation.
+worker_connections = int(os.environ.get("INFERGATE_WORKER_CONNECTIONS", "2000"))
+# gevent workers notify the arbiter from their own loop, so a long stream
+# never trips this; it only catches a blocked worker.
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+# The app logs one JSON line per request itself.
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("INFERGATE_LOG_LEVEL", "info").lower()
+# Clients send long prompts: let request lines and headers be generous.
+limit_request_line = 8190
+# gunicorn's control socket has one default path per user, so the router and
+# the registry on one machine would take it from each other.
+control_socket_disable = True

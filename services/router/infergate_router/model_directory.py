@@ -1,0 +1,104 @@
+"""Which models a request may reach: the registry's records, cached in the
+process, and the domain rules of architecture.md ("Domains and routing").
+
+The cache is refetched after ``registry_cache_ttl_s`` and dropped as soon as
+the registry publishes a change (see :mod:`infergate_router.registry_changes`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+from infergate_common.errors import ModelNotFound, ServiceUnavailable, from_payload
+from infergate_common.registry_api import ModelList, ModelRecord
+
+
+def normalise_host(host: str | None) -> str:
+    """``Example.COM:8080`` -> ``example.com`` (IPv6 literals keep their brackets)."""
+    host = (host or "").strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+class ModelDirectory:
+    """The registry's model list as this process last saw it."""
+
+    def __init__(self, registry_url: str, ttl_s: float, connect_timeout_s: float) -> None:
+        self.url = registry_url.rstrip("/") + "/registry/models"
+        self.ttl_s = ttl_s
+        self.timeout = (connect_timeout_s, max(connect_timeout_s, 5.0))
+        self.session = requests.Session()
+        self._lock = threading.Lock()
+        self._models: list[ModelRecord] | None = None
+        self._fetched_at = 0.0
+        self._generation = 0
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._models = None
+            self._generation += 1
+
+    def models(self) -> list[ModelRecord]:
+        """All records; one fetch at a time when the cache is stale."""
+        models = self._fresh()
+        if models is not None:
+            return models
+        with self._lock:
+            models = self._fresh()
+            if models is not None:
+                return models
+            generation = self._generation
+            fetched = self._fetch()
+            if generation == self._generation:
+                self._models, self._fetched_at = fetched, time.monotonic()
+            return fetched
+
+    def _fresh(self) -> list[ModelRecord] | None:
+        models = self._models
+        if models is not None and time.monotonic() - self._fetched_at < self.ttl_s:
+            return models
+        return None
+
+    def _fetch(self) -> list[ModelRecord]:
+        try:
+            response = self.session.get(self.url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise ServiceUnavailable(f"model registry unreachable: {type(exc).__name__}") from exc
+        if response.status_code != 200:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            error = from_payload(response.status_code, body)
+            raise ServiceUnavailable(f"model registry unavailable: {error.message}")
+        return ModelList.model_validate_json(response.content).models
+
+    # ------------------------------------------------------------- routing
+
+    def reachable(self, host: str | None) -> list[ModelRecord]:
+        """Models a request on ``host`` may use: the models whose host names
+        include it, else every model not restricted to its own host names."""
+        models = self.models()
+        wanted = normalise_host(host)
+        own = [model for model in models if wanted in model.host_names()]
+        if own:
+            return own
+        return [model for model in models if not model.restricted]
+
+    def resolve(self, host: str | None, name: str) -> ModelRecord:
+        """The model ``name`` (or one of its aliases) as seen from ``host``."""
+        models = self.reachable(host)
+        for model in models:
+            if model.name == name:
+                return model
+        for model in models:
+            if name in model.aliases:
+                return model
+        raise ModelNotFound(name)
+
+    def close(self) -> None:
+        self.session.close()

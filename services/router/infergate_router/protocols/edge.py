@@ -1,0 +1,112 @@
+"""What every protocol does at the edge: parse the body into a pydantic
+model once, name the request, and find the model it asks for."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import g, request
+from pydantic import BaseModel, ValidationError
+
+from infergate_common.errors import InvalidRequest
+from infergate_common.registry_api import ModelRecord
+
+from ..services import services
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+T = TypeVar("T")
+
+_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def describe_validation(exc: ValidationError, prefix: str = "") -> InvalidRequest:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    where = f"{prefix}{where}" if where else prefix.rstrip(".")
+    message = str(first.get("msg", "invalid value"))
+    return InvalidRequest(f"'{where}': {message}" if where else message, param=where or None)
+
+
+def parse_body(model: type[ModelT]) -> ModelT:
+    """The JSON body as ``model``; 400 for malformed JSON, wrong types or
+    values out of range (413 comes earlier, from the body size limit)."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        raise InvalidRequest("the request body is empty; expected a JSON object")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return validate(model, body)
+
+
+def validate(model: type[ModelT], value: Any, prefix: str = "") -> ModelT:
+    try:
+        return model.model_validate(value, strict=True)
+    except ValidationError as exc:
+        raise describe_validation(exc, prefix) from exc
+
+
+def request_id() -> str:
+    return g.request_id  # type: ignore[no-any-return]
+
+
+def client_request_id() -> bool:
+    """Whether the client named the request (``X-Request-Id``)."""
+    return bool(g.get("client_request_id"))
+
+
+def last_event_id() -> str | None:
+    """The ``Last-Event-ID`` a reconnecting SSE client sends, validated."""
+    value = request.headers.get("Last-Event-ID")
+    if value is None:
+        return None
+    value = value.strip()
+    if not _ENTRY_ID.match(value):
+        raise InvalidRequest("Last-Event-ID must be a stream entry id such as 1700000000000-0")
+    if not client_request_id():
+        raise InvalidRequest("resuming a stream needs the X-Request-Id of the original request")
+    return value
+
+
+def resolve_model(name: str) -> ModelRecord:
+    return services().directory.resolve(request.headers.get("Host"), name)
+
+
+def reachable_models() -> list[ModelRecord]:
+    return services().directory.reachable(request.headers.get("Host"))
+
+
+def ready(model: ModelRecord) -> bool:
+    return any(replica.ready for replica in model.replicas)
+
+
+def run_all(jobs: list[Callable[[], T]]) -> list[T]:
+    """Run jobs concurrently (greenlets under gevent) and return their
+    results in order; the first error raised wins."""
+    if len(jobs) == 1:
+        return [jobs[0]()]
+    results: list[Any] = [None] * len(jobs)
+    errors: list[BaseException | None] = [None] * len(jobs)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = jobs[index]()
+        except BaseException as exc:
+            errors[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for error in errors:
+        if error is not None:
+            raise error
+    return results

@@ -1,0 +1,1 @@
+"""The OpenAI API under ``/openai/v1``."""

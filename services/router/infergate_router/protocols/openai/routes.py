@@ -1,0 +1,206 @@
+"""The OpenAI blueprint: ``/openai/v1/models``, ``/completions``,
+``/chat/completions``, ``/embeddings``, and the 404 hints for the paths
+clients reach when their ``base_url`` lacks ``/openai/v1``."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, request
+from pydantic import BaseModel
+
+from infergate_common.errors import InfergateError, InvalidRequest, NotFound
+from infergate_common.registry_api import ModelRecord
+from infergate_common.worker_api import (
+    DetokenizeRequest,
+    EncodeRequest,
+    EncodeResponse,
+    GenerateRequest,
+    GenerateResponse,
+)
+
+from ...services import services
+from ..edge import parse_body, reachable_models, ready, request_id, resolve_model, run_all
+from ..streaming import stream_response
+from .models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ErrorBody,
+    ErrorDetail,
+    ModelCard,
+    ModelCardList,
+)
+from .streaming import ChatStream, CompletionStream
+from .translate import (
+    chat_completion,
+    chat_params,
+    completion,
+    completion_params,
+    completion_prompts,
+    embeddings,
+    require_chat,
+    require_embeddings,
+    require_generative,
+)
+
+blueprint = Blueprint("openai", __name__, url_prefix="/openai/v1")
+hints = Blueprint("openai_hints", __name__)
+
+NEAR_MISSES = (
+    "/v1/chat/completions",
+    "/chat/completions",
+    "/v1/completions",
+    "/completions",
+    "/v1/embeddings",
+    "/embeddings",
+)
+
+
+def render_error(error: InfergateError) -> Response:
+    body = ErrorBody(
+        error=ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)
+    )
+    return Response(body.model_dump_json(), status=error.status, mimetype="application/json")
+
+
+def _json(model: BaseModel) -> Response:
+    return Response(model.model_dump_json(), mimetype="application/json")
+
+
+def _card(model: ModelRecord) -> ModelCard:
+    return ModelCard(
+        id=model.name,
+        created=model.created,
+        task=model.task.value,
+        backend=model.backend.value,
+        backend_reason=model.backend_reason,
+        max_model_len=model.max_model_len,
+        ready=ready(model),
+        aliases=model.aliases,
+    )
+
+
+@blueprint.get("/models")
+def list_models() -> Response:
+    return _json(ModelCardList(data=[_card(m) for m in reachable_models()]))
+
+
+@blueprint.get("/models/<path:name>")
+def get_model(name: str) -> Response:
+    return _json(_card(resolve_model(name)))
+
+
+def _generate(model: ModelRecord, req: GenerateRequest) -> GenerateResponse:
+    svc = services()
+    response = svc.dispatcher.call(model, lambda url: svc.workers.generate(url, req))
+    svc.metrics.tokens(model.name, response.usage.prompt_tokens, response.usage.completion_tokens)
+    return response
+
+
+@blueprint.post("/completions")
+def completions() -> Response:
+    body = parse_body(CompletionRequest)
+    model = resolve_model(body.model)
+    require_generative(model, "/completions")
+    params = completion_params(body, model)
+    prompts = completion_prompts(body.prompt)
+    rid = request_id()
+    created = int(time.time())
+    ids = [rid] if len(prompts) == 1 else [f"{rid}-{i}" for i in range(len(prompts))]
+    requests = [
+        GenerateRequest(request_id=wid, prompt=prompt, params=params, stream=bool(body.stream))
+        for wid, prompt in zip(ids, prompts, strict=True)
+    ]
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        formatter = CompletionStream(
+            f"cmpl-{rid}", created, model.name, params.n, include_usage, single=len(requests) == 1
+        )
+        return stream_response(model, requests, formatter)
+    responses = run_all([lambda req=req: _generate(model, req) for req in requests])  # type: ignore[misc]
+    return _json(completion(rid, created, model.name, params.n, responses))
+
+
+@blueprint.post("/chat/completions")
+def chat_completions() -> Response:
+    body = parse_body(ChatCompletionRequest)
+    model = resolve_model(body.model)
+    require_chat(model)
+    params = chat_params(body)
+    rid = request_id()
+    created = int(time.time())
+    req = GenerateRequest(request_id=rid, messages=body.messages, params=params, stream=bool(body.stream))
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        formatter = ChatStream(
+            f"chatcmpl-{rid}",
+            created,
+            model.name,
+            params.n,
+            include_usage,
+            single=True,
+            resumed=request.headers.get("Last-Event-ID") is not None,
+        )
+        return stream_response(model, [req], formatter)
+    return _json(chat_completion(rid, created, model.name, _generate(model, req)))
+
+
+def _embedding_inputs(
+    raw: str | list[str] | list[int] | list[list[int]],
+) -> tuple[list[str], list[list[int]]]:
+    """Texts, or token id lists to detokenize first (LangChain sends tokens)."""
+    texts: list[str] = []
+    tokens: list[list[int]] = []
+    if isinstance(raw, str):
+        texts = [raw]
+    elif not raw:
+        raise InvalidRequest("input must not be empty", param="input")
+    elif all(isinstance(item, int) for item in raw):
+        tokens = [[int(item) for item in raw]]  # type: ignore[arg-type]
+    else:
+        for item in raw:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, list):
+                tokens.append([int(i) for i in item])
+    if any(not text for text in texts) or any(not ids for ids in tokens):
+        raise InvalidRequest("input must not contain empty strings or empty token lists", param="input")
+    return texts, tokens
+
+
+@blueprint.post("/embeddings")
+def create_embeddings() -> Response:
+    body = parse_body(EmbeddingRequest)
+    model = resolve_model(body.model)
+    require_embeddings(model)
+    texts, tokens = _embedding_inputs(body.input)
+    svc = services()
+    rid = request_id()
+
+    def send(url: str) -> EncodeResponse:
+        inputs = texts or [
+            svc.workers.detokenize(url, DetokenizeRequest(tokens=ids)).prompt for ids in tokens
+        ]
+        return svc.workers.encode(
+            url, EncodeRequest(request_id=rid, inputs=inputs, dimensions=body.dimensions)
+        )
+
+    response = svc.dispatcher.call(model, send)
+    svc.metrics.tokens(model.name, response.usage.prompt_tokens, 0)
+    return _json(embeddings(model.name, response, body.encoding_format or "float"))
+
+
+def near_miss() -> Response:
+    raise NotFound(
+        f"Not found: {request.path}. The OpenAI API of this server is under /openai/v1: "
+        f"use base_url='{request.host_url}openai/v1' (for example "
+        f"POST {request.host_url}openai/v1{request.path.removeprefix('/v1')}).",
+        code="not_found",
+    )
+
+
+for _path in NEAR_MISSES:
+    hints.add_url_rule(
+        _path, endpoint=_path.strip("/").replace("/", "_"), view_func=near_miss, methods=["GET", "POST"]
+    )

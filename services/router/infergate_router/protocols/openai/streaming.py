@@ -1,0 +1,135 @@
+"""OpenAI stream chunks from worker stream events.
+
+Semantics clients rely on: the role in the first chat delta of each choice,
+``finish_reason`` null until the last chunk of that choice,
+``stream_options.include_usage`` adds a final chunk with empty ``choices``
+and the usage, and ``data: [DONE]`` ends a stream that succeeded. A failure
+mid-stream is one ``data: {"error": {...}}`` event, then the end.
+
+The ``id:`` of each event is the Redis entry id it came from, so a client
+can reconnect with ``Last-Event-ID`` (see the routes module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from infergate_common.streams import DeltaEvent, DoneEvent, ErrorEvent
+
+from ...sse import DONE, SseEvent
+from ...stream_reader import Entry
+from .models import ErrorBody, ErrorDetail, Usage
+from .translate import chat_logprobs, completion_logprobs, finish_reason
+
+
+class _OpenAIStream:
+    object_name = ""
+
+    def __init__(
+        self, chunk_id: str, created: int, model: str, n: int, include_usage: bool, single: bool
+    ) -> None:
+        self.chunk_id = chunk_id
+        self.created = created
+        self.model = model
+        self.n = n
+        self.include_usage = include_usage
+        # Entry ids are only meaningful to resume a request with one stream.
+        self.single = single
+        self.finished: set[int] = set()
+        self.usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.chunk_id,
+            "object": self.object_name,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def _event(self, data: Any, entry: Entry) -> SseEvent:
+        return SseEvent(data, entry.id if self.single else None)
+
+    def _choice(self, index: int, event: DeltaEvent | None, reason: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def delta(self, position: int, entry: Entry, event: DeltaEvent) -> Iterable[SseEvent]:
+        index = position * self.n + event.index
+        if index in self.finished:
+            return
+        reason = finish_reason(event.finish_reason)
+        if reason is not None:
+            self.finished.add(index)
+        elif not event.text and not event.logprobs:
+            return
+        yield self._event(self._chunk([self._choice(index, event, reason)]), entry)
+
+    def done(self, position: int, entry: Entry, event: DoneEvent) -> Iterable[SseEvent]:
+        self.usage.prompt_tokens += event.usage.prompt_tokens
+        self.usage.completion_tokens += event.usage.completion_tokens
+        self.usage.total_tokens += event.usage.total_tokens
+        # Choices whose last delta carried no finish reason end here.
+        ended = []
+        for key, reason in sorted(event.finish_reasons.items(), key=lambda item: int(item[0])):
+            index = position * self.n + int(key)
+            if index not in self.finished:
+                self.finished.add(index)
+                ended.append(self._choice(index, None, finish_reason(reason)))
+        if ended:
+            yield self._event(self._chunk(ended), entry)
+
+    def error(self, entry: Entry, event: ErrorEvent) -> Iterable[SseEvent]:
+        body = ErrorBody(error=ErrorDetail(message=event.message, type=event.type, code=str(event.status)))
+        yield SseEvent(body.model_dump())
+
+    def finish(self) -> Iterable[SseEvent]:
+        if self.include_usage:
+            chunk = self._chunk([])
+            chunk["usage"] = self.usage.model_dump()
+            yield SseEvent(chunk)
+        yield SseEvent(DONE)
+
+
+class CompletionStream(_OpenAIStream):
+    object_name = "text_completion"
+
+    def _choice(self, index: int, event: DeltaEvent | None, reason: str | None) -> dict[str, Any]:
+        text = event.text if event is not None else ""
+        # The worker's text offsets already count from the start of the choice's text.
+        logprobs = completion_logprobs(event.logprobs) if event is not None else None
+        return {
+            "index": index,
+            "text": text,
+            "logprobs": logprobs.model_dump() if logprobs is not None else None,
+            "finish_reason": reason,
+        }
+
+
+class ChatStream(_OpenAIStream):
+    object_name = "chat.completion.chunk"
+
+    def __init__(self, *args: Any, resumed: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resumed = resumed
+        self.started: set[int] = set()
+
+    def _choice(self, index: int, event: DeltaEvent | None, reason: str | None) -> dict[str, Any]:
+        delta: dict[str, Any] = {}
+        if index not in self.started:
+            self.started.add(index)
+            if not self.resumed:
+                delta["role"] = "assistant"
+                delta["content"] = ""
+        if event is not None and event.text:
+            delta["content"] = event.text
+        logprobs = chat_logprobs(event.logprobs) if event is not None else None
+        return {
+            "index": index,
+            "delta": delta,
+            "logprobs": logprobs.model_dump() if logprobs is not None else None,
+            "finish_reason": reason,
+        }

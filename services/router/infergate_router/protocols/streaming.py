@@ -1,0 +1,57 @@
+"""Opening the token streams of one request and answering with SSE, the
+same for every protocol that streams.
+
+A client that lost its connection reconnects by sending the same request
+again with ``X-Request-Id`` set to the id the first answer carried (its
+``X-Request-Id`` header) and ``Last-Event-ID`` set to the last SSE ``id:``
+it received: the router then reads the same Redis stream from that entry
+on, without starting a new generation, until the stream expires.
+"""
+
+from __future__ import annotations
+
+from flask import Response, g
+
+from infergate_common.errors import InvalidRequest, NotFound
+from infergate_common.registry_api import ModelRecord
+from infergate_common.streams import stream_key
+from infergate_common.worker_api import GenerateRequest
+
+from ..relay import StreamFormatter, relay
+from ..services import services
+from ..sse import sse_response
+from .edge import client_request_id, last_event_id, request_id
+
+
+def stream_response(
+    model: ModelRecord, requests: list[GenerateRequest], formatter: StreamFormatter
+) -> Response:
+    svc = services()
+    resume_from = last_event_id()
+    if resume_from is not None and len(requests) != 1:
+        raise InvalidRequest("only a request with a single prompt can be resumed")
+    group = svc.dispatcher.stream_group()
+    try:
+        if resume_from is not None:
+            key = stream_key(svc.settings.stream_prefix, requests[0].request_id)
+            if not svc.reader.exists(key):
+                raise NotFound(
+                    f"no stream for request {requests[0].request_id}; it ended long ago or never began"
+                )
+            svc.dispatcher.resume_stream(group, requests[0].request_id, resume_from)
+        else:
+            if client_request_id():
+                key = stream_key(svc.settings.stream_prefix, requests[0].request_id)
+                if svc.reader.exists(key):
+                    raise InvalidRequest(
+                        "X-Request-Id names a stream that already exists: send Last-Event-ID to resume it, "
+                        "or use a new id",
+                        status=409,
+                    )
+            for req in requests:
+                svc.dispatcher.open_stream(group, model, req)
+    except BaseException:
+        group.close()
+        raise
+    events = relay(group, formatter, svc.metrics, model.name, g.started_at, request_id())
+    return sse_response(events)

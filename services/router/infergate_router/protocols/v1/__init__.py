@@ -1,0 +1,1 @@
+"""KServe's v1 protocol under ``/v1/models``."""

@@ -1,0 +1,1 @@
+"""KServe's v2 (Open Inference) protocol under ``/v2``."""

@@ -1,0 +1,52 @@
+"""Among a model's ready replicas, the one with the fewest requests in flight
+from this process. Ties are broken at random so that several router
+processes do not all pile onto the same replica."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+from collections.abc import Iterator
+
+from infergate_common.errors import ServiceUnavailable
+from infergate_common.registry_api import ModelRecord, ReplicaRecord
+
+
+class InFlight:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def count(self, url: str) -> int:
+        return self._counts.get(url, 0)
+
+    def total(self) -> int:
+        return sum(self._counts.values())
+
+    def choose(self, model: ModelRecord, exclude: set[str] | None = None) -> ReplicaRecord:
+        ready = [r for r in model.replicas if r.ready and r.url not in (exclude or set())]
+        if not ready:
+            raise ServiceUnavailable(f"Model with name {model.name} has no ready replica.")
+        lowest = min(self.count(r.url) for r in ready)
+        return random.choice([r for r in ready if self.count(r.url) == lowest])
+
+    def acquire(self, url: str) -> None:
+        with self._lock:
+            self._counts[url] = self._counts.get(url, 0) + 1
+
+    def release(self, url: str) -> None:
+        with self._lock:
+            left = self._counts.get(url, 0) - 1
+            if left > 0:
+                self._counts[url] = left
+            else:
+                self._counts.pop(url, None)
+
+    @contextlib.contextmanager
+    def held(self, url: str) -> Iterator[None]:
+        self.acquire(url)
+        try:
+            yield
+        finally:
+            self.release(url)

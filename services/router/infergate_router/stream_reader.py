@@ -1,0 +1,197 @@
+"""One multiplexed Redis reader per router process.
+
+Every active token stream of the process is read by a single ``XREAD
+BLOCK`` over all of their keys; each entry is handed to the queue of the
+request that subscribed to it, so a thousand open streams cost one Redis
+connection, not a thousand. The reader remembers the last entry id of every
+stream, so nothing is read twice and nothing is skipped.
+
+A subscriber's first entries may already be in Redis when it subscribes
+(the worker starts writing as soon as it has admitted the request): reading
+starts from the id it gives (``0-0`` by default, or a ``Last-Event-ID``).
+To pick a new subscription up at once rather than after the current
+``XREAD`` times out, the reader also watches a private "wake" stream that
+:meth:`StreamReader.subscribe` writes to; that write doubles as the check
+that Redis is reachable before a request is dispatched.
+
+Under gunicorn's gevent worker ``threading`` and ``queue`` are patched: the
+reader is a greenlet and the queues are cooperative.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from infergate_common.errors import ServiceUnavailable
+from infergate_common.streams import ErrorEvent, StreamEvent, decode_event
+
+log = logging.getLogger(__name__)
+
+WAKE_TTL_S = 600
+READ_COUNT = 512
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry: the stream it came from, its id, its event."""
+
+    key: str
+    id: str
+    event: StreamEvent
+
+
+@dataclass(eq=False)
+class Subscription:
+    key: str
+    last_id: str
+    queue: queue.Queue[Entry] = field(default_factory=queue.Queue)
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class StreamReader:
+    def __init__(self, redis_url: str, prefix: str, block_ms: int, connect_timeout_s: float) -> None:
+        self.redis_url = redis_url
+        self.block_ms = block_ms
+        self.connect_timeout_s = connect_timeout_s
+        self.wake_key = f"{prefix}:router:wake:{uuid.uuid4().hex}"
+        self._subs: dict[str, list[Subscription]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._started = False
+        self._commands: redis.Redis | None = None
+
+    # ------------------------------------------------------------ requests
+
+    def _command_client(self) -> redis.Redis:
+        if self._commands is None:
+            self._commands = redis.Redis.from_url(
+                self.redis_url,
+                socket_connect_timeout=self.connect_timeout_s,
+                socket_timeout=self.connect_timeout_s + 2,
+            )
+        return self._commands
+
+    def subscribe(
+        self, key: str, last_id: str = "0-0", shared: queue.Queue[Entry] | None = None
+    ) -> Subscription:
+        """Start delivering ``key``'s entries after ``last_id``; raises
+        :class:`ServiceUnavailable` when Redis cannot be reached."""
+        self._ensure_started()
+        sub = Subscription(key, last_id) if shared is None else Subscription(key, last_id, shared)
+        with self._lock:
+            self._subs.setdefault(key, []).append(sub)
+        try:
+            pipe = self._command_client().pipeline(transaction=False)
+            pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
+            pipe.expire(self.wake_key, WAKE_TTL_S)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self.unsubscribe(sub)
+            raise ServiceUnavailable(f"token stream store (Redis) unreachable: {type(exc).__name__}") from exc
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            subs = self._subs.get(sub.key, [])
+            if sub in subs:
+                subs.remove(sub)
+            if not subs:
+                self._subs.pop(sub.key, None)
+
+    def active(self) -> int:
+        return len(self._subs)
+
+    def exists(self, key: str) -> bool:
+        try:
+            return bool(self._command_client().exists(key))
+        except (redis.RedisError, OSError) as exc:
+            raise ServiceUnavailable(f"token stream store (Redis) unreachable: {type(exc).__name__}") from exc
+
+    # -------------------------------------------------------------- reader
+
+    def _ensure_started(self) -> None:
+        if self._started:
+            return
+        with self._lock:
+            if not self._started:
+                threading.Thread(target=self._run, name="stream-reader", daemon=True).start()
+                self._started = True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            subs = [sub for group in self._subs.values() for sub in group]
+            self._subs.clear()
+        for sub in subs:
+            event = ErrorEvent(status=503, type="service_unavailable_error", message=message)
+            sub.queue.put(Entry(sub.key, sub.last_id, event))
+
+    def _run(self) -> None:
+        wake_last = "0-0"
+        client: redis.Redis | None = None
+        failed = False
+        while not self._stop.is_set():
+            try:
+                if client is None:
+                    client = redis.Redis.from_url(
+                        self.redis_url,
+                        socket_connect_timeout=self.connect_timeout_s,
+                        socket_timeout=self.block_ms / 1000 + self.connect_timeout_s + 2,
+                    )
+                with self._lock:
+                    streams = {
+                        key: min((sub.last_id for sub in group), key=_id_order)
+                        for key, group in self._subs.items()
+                    }
+                streams[self.wake_key] = wake_last
+                reply: Any = client.xread(streams, count=READ_COUNT, block=self.block_ms)  # type: ignore[arg-type]
+                if failed:
+                    log.info("stream reader reconnected to Redis")
+                    failed = False
+            except (redis.RedisError, OSError) as exc:
+                if not failed:
+                    log.warning("stream reader lost Redis: %s", exc)
+                failed = True
+                self._fail_all("token stream store (Redis) became unreachable")
+                if client is not None:
+                    client.close()
+                client = None
+                wake_last = "0-0"
+                self._stop.wait(0.2)
+                continue
+            for raw_key, entries in reply or []:
+                key = _text(raw_key)
+                if key == self.wake_key:
+                    wake_last = _text(entries[-1][0])
+                    continue
+                with self._lock:
+                    group = list(self._subs.get(key, ()))
+                for raw_id, fields in entries:
+                    entry_id = _text(raw_id)
+                    try:
+                        event: StreamEvent = decode_event(fields)
+                    except ValueError as exc:
+                        event = ErrorEvent(message=f"undecodable stream entry: {exc}")
+                    for sub in group:
+                        if _id_order(entry_id) > _id_order(sub.last_id):
+                            sub.last_id = entry_id
+                            sub.queue.put(Entry(key, entry_id, event))
+        if client is not None:
+            client.close()
