@@ -153,7 +153,7 @@ class Stack:
             return False
         return any(r["url"] == url and r["ready"] for r in response.json()["replicas"])
 
-    def start_router(self, **env: str) -> str:
+    def start_router(self, **env: str) -> tuple[Process, str]:
         port = free_port()
         cmd = [sys.executable, "-m", "gunicorn", "--config", "python:infergate_router.gunicorn_conf",
                "infergate_router.wsgi:app"]  # fmt: skip
@@ -166,7 +166,7 @@ class Stack:
         process = self._start(f"router-{port}", cmd, full_env)
         url = f"http://127.0.0.1:{port}"
         process.wait_until(lambda: requests.get(f"{url}/", timeout=2).ok, "answering /")
-        return url
+        return process, url
 
     def stop(self) -> None:
         for process in reversed(self.processes):
