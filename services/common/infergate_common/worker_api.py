@@ -141,7 +141,7 @@ class TokenLogprob(_Model):
     the first prompt token has none."""
 
     token: str
-    logprob: float | None
+    logprob: float | None = None
     bytes: list[int] | None = None
     # Offset of the token's text inside the returned text.
     text_offset: int = 0
