@@ -3,6 +3,7 @@ model once, name the request, and find the model it asks for."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 import threading
@@ -94,10 +95,12 @@ def run_all(jobs: list[Callable[[], T]]) -> list[T]:
         return [jobs[0]()]
     results: list[Any] = [None] * len(jobs)
     errors: list[BaseException | None] = [None] * len(jobs)
+    # Each job sees the request's context (Flask's app and request, the log request id).
+    contexts = [contextvars.copy_context() for _ in jobs]
 
     def run(index: int) -> None:
         try:
-            results[index] = jobs[index]()
+            results[index] = contexts[index].run(jobs[index])
         except BaseException as exc:
             errors[index] = exc
 
