@@ -7,6 +7,17 @@ users: its backend is ``null`` and its text is ``tok0 tok1 ...``.
 
     python -m infergate_common.null_engine --model_name null --port 8199 \
         --tokens 16 --token_interval_ms 0 --registry_url http://127.0.0.1:8090
+
+Two options serve the relay benchmark; both are off by default:
+
+* ``--stamp_tokens``: each streamed token reads ``tok<i>@<ns> `` where
+  ``<ns>`` is ``time.monotonic_ns()`` taken just before the entry is written
+  to Redis. ``CLOCK_MONOTONIC`` is one clock for every process on the host,
+  so a client on the same machine subtracts it from its receipt time to get
+  the relay latency of that token.
+* ``--step_streams``: one loop writes the next token of every open stream
+  per step, in one Redis pipeline, as a batching engine emits one token per
+  running sequence per forward pass (instead of one thread per stream).
 """
 
 from __future__ import annotations
@@ -22,13 +33,22 @@ from .engine import Engine
 from .errors import InvalidRequest
 from .logs import configure_logging
 from .settings import load_settings
-from .streams import HEARTBEAT_INTERVAL_S, StreamWriter
+from .streams import (
+    HEARTBEAT_INTERVAL_S,
+    DeltaEvent,
+    DoneEvent,
+    HeartbeatEvent,
+    StreamEvent,
+    StreamWriter,
+    encode_event,
+)
 from .worker_api import (
     Backend,
     DetokenizeRequest,
     DetokenizeResponse,
     EncodeRequest,
     EncodeResponse,
+    FinishReason,
     GenerateChoice,
     GenerateRequest,
     GenerateResponse,
@@ -52,6 +72,8 @@ class NullEngine(Engine):
         stream_prefix: str,
         max_model_len: int = 4096,
         dimensions: int = 8,
+        stamp_tokens: bool = False,
+        step_streams: bool = False,
     ) -> None:
         self.name = name
         self.task = task
@@ -61,9 +83,14 @@ class NullEngine(Engine):
         self.prefix = stream_prefix
         self.max_model_len = max_model_len
         self.dimensions = dimensions
+        self.stamp_tokens = stamp_tokens
+        self.step_streams = step_streams
         self.cancelled: set[str] = set()
         self.lock = threading.Lock()
         self.loaded = False
+        self._running: list[_SteppedStream] = []
+        self._wakeup = threading.Event()
+        self._stepper: threading.Thread | None = None
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -118,8 +145,55 @@ class NullEngine(Engine):
             ),
         )
 
+    def _token_text(self, i: int) -> str:
+        if self.stamp_tokens:
+            return f"tok{i}@{time.monotonic_ns()} "
+        return f"tok{i} "
+
     def start_stream(self, request: GenerateRequest) -> None:
+        if self.step_streams:
+            self._admit(request)
+            return
         threading.Thread(target=self._stream, args=(request,), daemon=True).start()
+
+    def _admit(self, request: GenerateRequest) -> None:
+        count, reason = self._count(request)
+        stream = _SteppedStream(
+            request, StreamWriter(self.redis, request.request_id, self.prefix), count, reason
+        )
+        with self.lock:
+            self._running.append(stream)
+            if self._stepper is None:
+                self._stepper = threading.Thread(target=self._step_loop, daemon=True)
+                self._stepper.start()
+        self._wakeup.set()
+
+    def _step_loop(self) -> None:
+        """Write one token of every running stream per step, in one pipeline."""
+        last_beat = time.monotonic()
+        while True:
+            self._wakeup.wait()
+            with self.lock:
+                running = list(self._running)
+                if not running:
+                    self._wakeup.clear()
+                    continue
+            pipe = self.redis.pipeline(transaction=False)
+            finished = []
+            beat = time.monotonic() - last_beat > HEARTBEAT_INTERVAL_S
+            for stream in running:
+                if stream.step(pipe, self, beat):
+                    finished.append(stream)
+            if beat:
+                last_beat = time.monotonic()
+            pipe.execute()
+            if finished:
+                with self.lock:
+                    for stream in finished:
+                        self._running.remove(stream)
+                        self.cancelled.discard(stream.request.request_id)
+            if self.interval:
+                time.sleep(self.interval)
 
     def _stream(self, request: GenerateRequest) -> None:
         writer = StreamWriter(self.redis, request.request_id, self.prefix)
@@ -133,7 +207,7 @@ class NullEngine(Engine):
                 return
             for choice in range(request.params.n):
                 final = reason if i == count - 1 else None
-                writer.delta(choice, f"tok{i} ", 1, finish_reason=final)  # type: ignore[arg-type]
+                writer.delta(choice, self._token_text(i), 1, finish_reason=final)  # type: ignore[arg-type]
             if self.interval:
                 time.sleep(self.interval)
             if time.monotonic() - last_beat > HEARTBEAT_INTERVAL_S:
@@ -179,6 +253,47 @@ class NullEngine(Engine):
         return DetokenizeResponse(prompt=" ".join(f"tok{t}" for t in request.tokens))
 
 
+class _SteppedStream:
+    """One open stream of the stepping loop: its writer and its progress."""
+
+    def __init__(self, request: GenerateRequest, writer: StreamWriter, count: int, reason: str) -> None:
+        self.request = request
+        self.writer = writer
+        self.count = count
+        self.reason = reason
+        self.next = 0
+
+    def _usage(self, completion: int) -> Usage:
+        prompt = NullEngine._prompt_tokens(self.request)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    def step(self, pipe: Any, engine: NullEngine, beat: bool) -> bool:
+        """Queue this stream's next entries on ``pipe``; True once it ended."""
+        n = self.request.params.n
+        key, maxlen = self.writer.key, self.writer.maxlen
+        if self.request.request_id in engine.cancelled:
+            final: StreamEvent = DoneEvent(
+                finish_reasons={str(c): "abort" for c in range(n)}, usage=self._usage(0)
+            )
+        else:
+            i = self.next
+            self.next += 1
+            for choice in range(n):
+                last = self.reason if i == self.count - 1 else None
+                delta = DeltaEvent(index=choice, text=engine._token_text(i), tokens=1, finish_reason=last)  # type: ignore[arg-type]
+                pipe.xadd(key, encode_event(delta), maxlen=maxlen, approximate=True)
+            if self.next < self.count:
+                if beat:
+                    pipe.xadd(key, encode_event(HeartbeatEvent()), maxlen=maxlen, approximate=True)
+                return False
+            reasons: dict[str, FinishReason] = {str(c): self.reason for c in range(n)}  # type: ignore[misc]
+            final = DoneEvent(finish_reasons=reasons, usage=self._usage(self.count * n))
+        pipe.xadd(key, encode_event(final), maxlen=maxlen, approximate=True)
+        pipe.expire(key, self.writer.ttl_s)
+        self.writer.closed = True
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,6 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default=Task.TEXT_GENERATION.value, choices=[t.value for t in Task])
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--token_interval_ms", type=float, default=0.0)
+    parser.add_argument(
+        "--stamp_tokens",
+        action="store_true",
+        help="put the monotonic send time (ns) in each streamed token: tok<i>@<ns>",
+    )
+    parser.add_argument(
+        "--step_streams",
+        action="store_true",
+        help="write one token of every open stream per step in one Redis pipeline",
+    )
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--registry_url")
@@ -207,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         args.token_interval_ms / 1000.0,
         redis.Redis.from_url(settings.redis_url),
         settings.stream_prefix,
+        stamp_tokens=args.stamp_tokens,
+        step_streams=args.step_streams,
     )
     return run_worker(engine, settings)
 
