@@ -25,7 +25,9 @@ def build_all(out: Path, bench: bool = False) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infergate_worker_hf.testmodels")
     parser.add_argument("--out", type=Path, required=True, help="folder to build the models in")
-    parser.add_argument("--bench", action="store_true", help="also build the MiniLM-sized benchmark classifier")
+    parser.add_argument(
+        "--bench", action="store_true", help="also build the MiniLM-sized benchmark classifier"
+    )
     args = parser.parse_args(argv)
     for folder in build_all(args.out, bench=args.bench):
         print(folder)

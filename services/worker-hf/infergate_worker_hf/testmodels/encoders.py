@@ -46,7 +46,7 @@ TINY_CONTEXT = 128
 
 def build_tokenizer(vocab_size: int = 400) -> Any:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -60,7 +60,7 @@ def build_tokenizer(vocab_size: int = 400) -> Any:
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
-    return BertTokenizerFast(
+    return BertTokenizer(
         tokenizer_object=backend,
         unk_token="[UNK]",
         pad_token="[PAD]",
@@ -75,7 +75,7 @@ def build_tokenizer(vocab_size: int = 400) -> Any:
 def _bert_config(tokenizer: Any, *, large: bool = False, **extra: Any) -> Any:
     from transformers import BertConfig
 
-    shape = (
+    shape: dict[str, Any] = (
         {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
         if large
         else {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -139,12 +139,19 @@ def _sentence_transformers_builder(path: Path) -> None:
             [
                 {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                 {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                },
             ],
             indent=2,
         )
     )
-    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    (path / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 64, "do_lower_case": False})
+    )
     (path / "1_Pooling").mkdir()
     (path / "1_Pooling" / "config.json").write_text(
         json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
