@@ -259,3 +259,12 @@ def test_bad_last_event_id_is_400(client: FlaskClient) -> None:
         client.post("/openai/v1/chat/completions", json={**CHAT, "stream": True}, headers=headers), 400
     )
     assert "Last-Event-ID" in error["message"]
+
+
+def test_stream_with_redis_unreachable_is_503_before_dispatch(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0", connect_timeout_s=0.5)
+    response = client.post("/openai/v1/chat/completions", json={**CHAT, "stream": True})
+    error = openai_error(response, 503)
+    assert "Redis" in error["message"]
+    response = client.post("/v1/models/null:predict", json={"instances": ["x"], "stream": True})
+    assert "Redis" in kserve_error(response, 503)

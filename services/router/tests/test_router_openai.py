@@ -158,7 +158,7 @@ def test_models_list_shape(client: FlaskClient) -> None:
 
 def test_alias_resolves_to_the_model(client: FlaskClient, stack: Stack) -> None:
     name = f"aliased-{uuid.uuid4().hex[:6]}"
-    _, url = stack.start_null_worker(name, tokens=1)
+    stack.start_null_worker(name, tokens=1)
     set_aliases(stack.registry_url, name, [f"{name}-alias"])
     response = client.post("/openai/v1/chat/completions", json={**CHAT, "model": f"{name}-alias"})
     assert response.status_code == 200, response.get_json()
