@@ -121,12 +121,19 @@ class Dispatcher:
     def stream_group(self) -> StreamGroup:
         return StreamGroup(self, self.deadline_s)
 
-    def open_stream(self, group: StreamGroup, model: ModelRecord, request: GenerateRequest) -> None:
+    def note_key(self, request_id: str) -> str:
+        return f"{self.prefix}:streamnote:{request_id}"
+
+    def open_stream(
+        self, group: StreamGroup, model: ModelRecord, request: GenerateRequest, note: str | None = None
+    ) -> None:
         """Subscribe to the request's stream (503 when Redis is down), then
         start the generation on a replica, which stays counted in flight
-        until the stream ends."""
+        until the stream ends. ``note`` is kept beside the stream for
+        clients that come back for it later."""
         key = stream_key(self.prefix, request.request_id)
-        subscription = self.reader.subscribe(key, shared=group.queue)
+        stored = (self.note_key(request.request_id), note) if note is not None else None
+        subscription = self.reader.subscribe(key, shared=group.queue, note=stored)
         tried: set[str] = set()
         try:
             while True:

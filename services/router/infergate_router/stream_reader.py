@@ -35,6 +35,8 @@ from infergate_common.streams import ErrorEvent, StreamEvent, decode_event
 log = logging.getLogger(__name__)
 
 WAKE_TTL_S = 600
+# Longer than the workers' stream expiry (streams.DEFAULT_TTL_S).
+NOTE_TTL_S = 900
 READ_COUNT = 512
 
 
@@ -87,10 +89,16 @@ class StreamReader:
         return self._commands
 
     def subscribe(
-        self, key: str, last_id: str = "0-0", shared: queue.Queue[Entry] | None = None
+        self,
+        key: str,
+        last_id: str = "0-0",
+        shared: queue.Queue[Entry] | None = None,
+        note: tuple[str, str] | None = None,
     ) -> Subscription:
         """Start delivering ``key``'s entries after ``last_id``; raises
-        :class:`ServiceUnavailable` when Redis cannot be reached."""
+        :class:`ServiceUnavailable` when Redis cannot be reached. ``note``
+        (a key and a value) is stored in the same round trip, expiring with
+        the stream: what a later reader needs to make sense of it."""
         self._ensure_started()
         sub = Subscription(key, last_id) if shared is None else Subscription(key, last_id, shared)
         with self._lock:
@@ -99,6 +107,8 @@ class StreamReader:
             pipe = self._command_client().pipeline(transaction=False)
             pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
             pipe.expire(self.wake_key, WAKE_TTL_S)
+            if note is not None:
+                pipe.set(note[0], note[1], ex=NOTE_TTL_S)
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
             self.unsubscribe(sub)
@@ -115,6 +125,13 @@ class StreamReader:
 
     def active(self) -> int:
         return len(self._subs)
+
+    def read_note(self, key: str) -> str | None:
+        try:
+            value = self._command_client().get(key)
+        except (redis.RedisError, OSError) as exc:
+            raise ServiceUnavailable(f"token stream store (Redis) unreachable: {type(exc).__name__}") from exc
+        return value.decode() if isinstance(value, bytes) else value
 
     def exists(self, key: str) -> bool:
         try:

@@ -180,3 +180,28 @@ def test_domains_and_restricted_models(client: FlaskClient, stack: Stack) -> Non
     everyone = [c["id"] for c in client.get("/openai/v1/models").get_json()["data"]]
     assert name not in everyone and "null" in everyone
     assert client.get(f"/v1/models/{name}").status_code == 404
+
+
+def test_registry_change_message_drops_the_cache(stack: Stack) -> None:
+    import time
+
+    from conftest import router_settings
+
+    from infergate_router.app import create_app
+    from infergate_router.services import EXTENSION
+
+    app = create_app(router_settings(stack, registry_cache_ttl_s=600))
+    try:
+        client = app.test_client()
+        client.get("/openai/v1/models")
+        time.sleep(0.5)  # the listener subscribes (and drops the cache once) in the background
+        before = {c["id"] for c in client.get("/openai/v1/models").get_json()["data"]}
+        name = f"late-{uuid.uuid4().hex[:6]}"
+        assert name not in before
+        register(stack.registry_url, name, "http://127.0.0.1:9")
+        deadline = time.monotonic() + 3
+        while name not in {c["id"] for c in client.get("/openai/v1/models").get_json()["data"]}:
+            assert time.monotonic() < deadline, "the change message did not drop the cache"
+            time.sleep(0.05)
+    finally:
+        app.extensions[EXTENSION].close()

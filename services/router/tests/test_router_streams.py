@@ -213,3 +213,15 @@ def test_metrics_count_streams_and_tokens(router: str) -> None:
     assert "infergate_router_time_to_first_token_seconds_count" in text
     assert 'infergate_router_output_tokens_total{process="' in text
     assert 'route="/openai/v1/completions"' in text
+
+
+def test_get_stream_replays_from_last_event_id(router: str) -> None:
+    request_id = f"replay-{uuid.uuid4().hex}"
+    body = {"model": "null", "prompt": "x", "stream": True, "stream_options": {"include_usage": True}}
+    full = list(events(_post_stream(router, "/openai/v1/completions", body, **{"X-Request-Id": request_id})))
+    url = f"{router}/openai/v1/streams/{request_id}"
+    replay = list(events(requests.get(url, stream=True, timeout=10)))
+    assert replay == full
+    tail = list(events(requests.get(url, headers={"Last-Event-ID": full[4][0]}, stream=True, timeout=10)))
+    assert tail == full[5:]
+    assert requests.get(f"{router}/openai/v1/streams/never-{request_id}", timeout=10).status_code == 404

@@ -21,7 +21,7 @@ from ..services import services
 ModelT = TypeVar("ModelT", bound=BaseModel)
 T = TypeVar("T")
 
-_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 def describe_validation(exc: ValidationError, prefix: str = "") -> InvalidRequest:
@@ -69,7 +69,7 @@ def last_event_id() -> str | None:
     if value is None:
         return None
     value = value.strip()
-    if not _ENTRY_ID.match(value):
+    if not ENTRY_ID.match(value):
         raise InvalidRequest("Last-Event-ID must be a stream entry id such as 1700000000000-0")
     if not client_request_id():
         raise InvalidRequest("resuming a stream needs the X-Request-Id of the original request")

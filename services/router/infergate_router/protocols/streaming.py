@@ -1,11 +1,16 @@
 """Opening the token streams of one request and answering with SSE, the
 same for every protocol that streams.
 
-A client that lost its connection reconnects by sending the same request
-again with ``X-Request-Id`` set to the id the first answer carried (its
-``X-Request-Id`` header) and ``Last-Event-ID`` set to the last SSE ``id:``
-it received: the router then reads the same Redis stream from that entry
-on, without starting a new generation, until the stream expires.
+A client that lost its connection comes back in one of two ways, as long
+as the stream has not expired (the workers keep it five minutes after its
+end), and never starts a second generation:
+
+* it sends the same request again with ``X-Request-Id`` set to the id the
+  first answer carried (its ``X-Request-Id`` header) and ``Last-Event-ID``
+  set to the last SSE ``id:`` it received;
+* or (OpenAI streams, EventSource-style) ``GET /openai/v1/streams/<request
+  id>`` with ``Last-Event-ID`` (or ``?last_event_id=``); without one the
+  whole stream is replayed.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from .edge import client_request_id, last_event_id, request_id
 
 
 def stream_response(
-    model: ModelRecord, requests: list[GenerateRequest], formatter: StreamFormatter
+    model: ModelRecord,
+    requests: list[GenerateRequest],
+    formatter: StreamFormatter,
+    note: str | None = None,
 ) -> Response:
     svc = services()
     resume_from = last_event_id()
@@ -49,9 +57,24 @@ def stream_response(
                         status=409,
                     )
             for req in requests:
-                svc.dispatcher.open_stream(group, model, req)
+                svc.dispatcher.open_stream(group, model, req, note if len(requests) == 1 else None)
     except BaseException:
         group.close()
         raise
     events = relay(group, formatter, svc.metrics, model.name, g.started_at, request_id())
     return sse_response(events)
+
+
+def replay_response(request_id: str, model: str, formatter: StreamFormatter, last_id: str) -> Response:
+    """The stream of an earlier request, from the entry after ``last_id``."""
+    svc = services()
+    key = stream_key(svc.settings.stream_prefix, request_id)
+    if not svc.reader.exists(key):
+        raise NotFound(f"no stream for request {request_id}; it ended long ago or never began")
+    group = svc.dispatcher.stream_group()
+    try:
+        svc.dispatcher.resume_stream(group, request_id, last_id)
+    except BaseException:
+        group.close()
+        raise
+    return sse_response(relay(group, formatter, svc.metrics, model, g.started_at, request_id))

@@ -196,3 +196,14 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class StreamNote(BaseModel):
+    """Kept beside an OpenAI stream so ``GET /openai/v1/streams/<id>`` can
+    frame its chunks as the original request did."""
+
+    kind: Literal["chat", "completion"]
+    model: str
+    created: int
+    n: int
+    include_usage: bool

@@ -20,8 +20,8 @@ from infergate_common.worker_api import (
 )
 
 from ...services import services
-from ..edge import parse_body, reachable_models, ready, request_id, resolve_model, run_all
-from ..streaming import stream_response
+from ..edge import ENTRY_ID, parse_body, reachable_models, ready, request_id, resolve_model, run_all
+from ..streaming import replay_response, stream_response
 from .models import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -30,6 +30,7 @@ from .models import (
     ErrorDetail,
     ModelCard,
     ModelCardList,
+    StreamNote,
 )
 from .streaming import ChatStream, CompletionStream
 from .translate import (
@@ -117,7 +118,10 @@ def completions() -> Response:
         formatter = CompletionStream(
             f"cmpl-{rid}", created, model.name, params.n, include_usage, single=len(requests) == 1
         )
-        return stream_response(model, requests, formatter)
+        note = StreamNote(
+            kind="completion", model=model.name, created=created, n=params.n, include_usage=include_usage
+        )
+        return stream_response(model, requests, formatter, note.model_dump_json())
     responses = run_all([lambda req=req: _generate(model, req) for req in requests])  # type: ignore[misc]
     return _json(completion(rid, created, model.name, params.n, responses))
 
@@ -142,8 +146,40 @@ def chat_completions() -> Response:
             single=True,
             resumed=request.headers.get("Last-Event-ID") is not None,
         )
-        return stream_response(model, [req], formatter)
+        note = StreamNote(
+            kind="chat", model=model.name, created=created, n=params.n, include_usage=include_usage
+        )
+        return stream_response(model, [req], formatter, note.model_dump_json())
     return _json(chat_completion(rid, created, model.name, _generate(model, req)))
+
+
+@blueprint.get("/streams/<request_id>")
+def resume_stream(request_id: str) -> Response:
+    """Replay an OpenAI stream from ``Last-Event-ID`` (see ``protocols.streaming``)."""
+    last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    if last_id is not None and not ENTRY_ID.match(last_id.strip()):
+        raise InvalidRequest("Last-Event-ID must be a stream entry id such as 1700000000000-0")
+    raw = services().reader.read_note(services().dispatcher.note_key(request_id))
+    if raw is None:
+        raise NotFound(f"no stream for request {request_id}; it ended long ago or never began")
+    note = StreamNote.model_validate_json(raw)
+    resumed = last_id is not None
+    formatter: CompletionStream | ChatStream
+    if note.kind == "chat":
+        formatter = ChatStream(
+            f"chatcmpl-{request_id}",
+            note.created,
+            note.model,
+            note.n,
+            note.include_usage,
+            single=True,
+            resumed=resumed,
+        )
+    else:
+        formatter = CompletionStream(
+            f"cmpl-{request_id}", note.created, note.model, note.n, note.include_usage, single=True
+        )
+    return replay_response(request_id, note.model, formatter, (last_id or "0-0").strip())
 
 
 def _embedding_inputs(
