@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# `make chart` (and part of `make test`): lint charts/infergate, render the
+# defaults and every example through kubernetes-validate --strict, check that
+# the schema rejects bad values, dry-run an install, then the pytest checks of
+# the rendered manifests. Offline: helm comes from ci/helm.sh.
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+CHART="$ROOT/charts/infergate"
+HELM="$(bash "$ROOT/ci/helm.sh")"
+VALIDATE="$VENV/bin/kubernetes-validate"
+if [ ! -x "$VALIDATE" ]; then
+    say "installing kubernetes-validate into $VENV"
+    "$PY" -m pip install -q "$(grep -E '^kubernetes-validate==' "$ROOT/ci/requirements.txt")"
+fi
+say "chart: $("$HELM" version --short)"
+
+# The optional resources render only when the cluster has their API; this
+# set turns all of them on, as a cluster with every add-on would.
+ALL_APIS=(--api-versions monitoring.coreos.com/v1 --api-versions keda.sh/v1alpha1
+    --api-versions gateway.networking.k8s.io/v1)
+EVERYTHING=(--set networkPolicy.enabled=true --set router.httpRoute.enabled=true
+    --set "router.httpRoute.parentRefs[0].name=gateway")
+
+values_sets=("defaults:")
+for example in "$CHART"/examples/*.yaml; do
+    values_sets+=("$(basename "$example" .yaml):$example")
+done
+
+RENDERED="$(mktemp -d)"
+trap 'rm -rf "$RENDERED"' EXIT
+for entry in "${values_sets[@]}"; do
+    name="${entry%%:*}"
+    file="${entry#*:}"
+    args=()
+    [ -n "$file" ] && args=(-f "$file")
+    say "chart: lint + render $name"
+    "$HELM" lint --strict --quiet "$CHART" "${args[@]}"
+    "$HELM" template infergate "$CHART" "${args[@]}" >"$RENDERED/$name.yaml"
+    "$HELM" template infergate "$CHART" "${args[@]}" "${ALL_APIS[@]}" "${EVERYTHING[@]}" \
+        >"$RENDERED/$name-all-apis.yaml"
+done
+# kubernetes-validate knows only the built-in kinds: it warns (without
+# failing) on the add-ons' resources of the *-all-apis renderings.
+say "chart: kubernetes-validate --strict"
+"$VALIDATE" --strict --quiet --no-warn "$RENDERED"/*.yaml
+
+# Each of these must be refused, by the schema or by a template's `required`.
+reject() {
+    local why=$1; shift
+    if "$HELM" template infergate "$CHART" "$@" >/dev/null 2>&1; then
+        echo "chart: accepted bad values ($why): $*" >&2
+        exit 1
+    fi
+    if "$HELM" lint --strict --quiet "$CHART" "$@" >/dev/null 2>&1; then
+        echo "chart: helm lint accepted bad values ($why): $*" >&2
+        exit 1
+    fi
+}
+say "chart: bad values are rejected"
+reject "replicas not a number" --set-string router.replicas=two
+reject "unknown runtime" --set models.m.runtime=tgi --set models.m.modelId=org/m
+reject "model without modelId or volume" --set models.m.runtime=vllm
+reject "misspelt model field" --set models.m.modelID=org/m
+reject "model name not a DNS label" --set models.M_1.modelId=org/m
+reject "HPA and KEDA together" --set models.m.modelId=org/m \
+    --set models.m.autoscaling.enabled=true --set models.m.autoscaling.maxReplicas=2 \
+    --set models.m.keda.enabled=true --set models.m.keda.maxReplicaCount=2
+reject "external Redis without URL" --set redis.enabled=false
+
+say "chart: install --dry-run=client"
+for entry in "${values_sets[@]}"; do
+    file="${entry#*:}"
+    args=()
+    [ -n "$file" ] && args=(-f "$file")
+    "$HELM" install infergate "$CHART" --dry-run=client "${args[@]}" >/dev/null
+done
+
+say "chart: rendered manifests (pytest)"
+INFERGATE_HELM="$HELM" "$PY" -m pytest -q -p no:cacheprovider tests/test_chart_render.py
