@@ -201,8 +201,6 @@ def build_tiny_t5(folder: Path) -> None:
     # Keys T5Config takes through its generic **kwargs (typed stubs lack them).
     generic: dict[str, Any] = {
         "n_positions": 512,
-        # Untied, so the random decoder does not echo its start (pad) token.
-        "tie_word_embeddings": False,
         "decoder_start_token_id": pad,
     }
     config = T5Config(
@@ -213,7 +211,6 @@ def build_tiny_t5(folder: Path) -> None:
         num_layers=2,
         num_decoder_layers=2,
         num_heads=2,
-        initializer_factor=4.0,
         pad_token_id=pad,
         eos_token_id=eos,
         architectures=["T5ForConditionalGeneration"],
@@ -221,6 +218,10 @@ def build_tiny_t5(folder: Path) -> None:
     )
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        # T5 ties its output layer to the embeddings, so a random model
+        # repeats its start (pad) token forever; a zero pad row prevents it.
+        model.shared.weight[pad].zero_()
     _save_model(
         model,
         folder,

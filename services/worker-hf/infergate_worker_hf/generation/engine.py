@@ -1,0 +1,123 @@
+"""``GenerationEngine``: text generation and text2text generation behind the
+worker API, over the scheduler thread that owns the model."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from infergate_common.errors import InvalidRequest, ServiceUnavailable
+from infergate_common.worker_api import GenerateRequest, GenerateResponse, Task
+
+from ..base_engine import HFEngine
+from ..loading import LoadedModel
+from ..settings import HFWorkerSettings
+from .detokenizer import TokenTexts
+from .prompts import eos_token_ids, prepare_prompt
+from .runners import runner_for
+from .scheduler import Scheduler
+from .sequence import ChoiceState, Job
+from .sinks import Sink, StreamOutbox
+
+log = logging.getLogger(__name__)
+
+# How often a waiting HTTP thread checks that the scheduler still runs.
+_WAIT_POLL_S = 1.0
+
+
+class GenerationEngine(HFEngine):
+    def __init__(self, settings: HFWorkerSettings, task: Task, redis_client: Any) -> None:
+        super().__init__(settings, task, redis_client)
+        self.scheduler: Scheduler | None = None
+        self.outbox: StreamOutbox | None = None
+        self.texts: TokenTexts | None = None
+        self.eos_ids: frozenset[int] = frozenset()
+        self._jobs: dict[str, Job] = {}
+        self._jobs_lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, loaded: LoadedModel) -> None:
+        self.texts = TokenTexts(loaded.tokenizer)
+        self.eos_ids = eos_token_ids(loaded)
+        self.outbox = StreamOutbox(self.redis, self.settings.stream_prefix)
+        self.scheduler = Scheduler(
+            runner_for(loaded), self.texts, loaded.tokenizer, max_num_seqs=self.settings.max_num_seqs
+        )
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.outbox is not None:
+            self.outbox.close()
+
+    def healthy(self) -> tuple[bool, str]:
+        if self.scheduler is None or not self.scheduler.alive():
+            return False, "generation scheduler is not running"
+        return True, ""
+
+    def extra_info(self) -> dict[str, Any]:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return {}
+        return {
+            "max_num_seqs": self.settings.max_num_seqs,
+            "batching": scheduler.runner.description,
+            **scheduler.load(),
+        }
+
+    # ---------------------------------------------------------- generation
+
+    def _submit(self, request: GenerateRequest, sink: Sink | None = None) -> Job:
+        loaded = self.require_loaded()
+        scheduler, texts = self.scheduler, self.texts
+        if scheduler is None or texts is None or not scheduler.alive():
+            raise ServiceUnavailable("the generation engine is not running")
+        prompt = prepare_prompt(request, loaded, self.render_chat, self.encode_text, self.eos_ids)
+        with self._jobs_lock:
+            if request.request_id in self._jobs:
+                raise InvalidRequest(
+                    f"request id {request.request_id} is already generating", param="request_id", status=409
+                )
+            if sink is None:
+                if self.outbox is None:
+                    raise ServiceUnavailable("the generation engine is not running")
+                sink = self.outbox.open(request.request_id)
+            job = Job(prompt=prompt, sink=sink, max_model_len=loaded.max_model_len)
+            job.choices = [
+                ChoiceState(job, index, loaded.tokenizer, texts) for index in range(prompt.params.n)
+            ]
+            job.listeners.append(self._forget)
+            self._jobs[request.request_id] = job
+        scheduler.submit(job)
+        return job
+
+    def _forget(self, job: Job) -> None:
+        with self._jobs_lock:
+            if self._jobs.get(job.request_id) is job:
+                del self._jobs[job.request_id]
+
+    def generate(self, request: GenerateRequest) -> GenerateResponse:
+        job = self._submit(request, Sink())
+        while not job.completed.wait(_WAIT_POLL_S):
+            if self.scheduler is None or not self.scheduler.alive():
+                raise ServiceUnavailable("the generation engine stopped")
+        if job.error is not None:
+            raise job.error
+        assert job.response is not None
+        return job.response
+
+    def start_stream(self, request: GenerateRequest) -> None:
+        self._submit(request)
+
+    def cancel(self, request_id: str) -> bool:
+        with self._jobs_lock:
+            job = self._jobs.get(request_id)
+        if job is None or job.completed.is_set():
+            return False
+        job.cancelled = True
+        if self.scheduler is not None:
+            self.scheduler.wake()
+        return True
