@@ -7,12 +7,12 @@ registry, router under gunicorn+gevent), workers on demand, small models.
 * ``test_models``: folder of the small random-weight models (built once).
 * ``minilm_path``: the real all-MiniLM-L6-v2 embedding model.
 * ``tiny_llm`` / ``minilm``: session workers serving those models with worker-hf.
-* ``fresh_stack``: a stack of its own, for tests that break Redis or the router.
+* ``fresh_stack``: a stack of its own, for tests that break Redis or the router;
+  ``one_process_stack``: one whose router runs a single process.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -39,8 +39,8 @@ StartWorker = Callable[..., Worker]
 _STACKS: list[Stack] = []
 
 
-def _open_stack(workdir: Path, prefix: str = "infergate") -> Stack:
-    stack = Stack(workdir, prefix=prefix, router_env=ROUTER_ENV)
+def _open_stack(workdir: Path, prefix: str = "infergate", router_workers: int = 2) -> Stack:
+    stack = Stack(workdir, prefix=prefix, router_env=ROUTER_ENV, router_workers=router_workers)
     _STACKS.append(stack)
     return stack.start()
 
@@ -61,6 +61,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
     own = _open_stack(tmp_path / "stack")
+    yield own
+    _close_stack(own)
+
+
+@pytest.fixture
+def one_process_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A stack whose router runs one gunicorn worker, so its in-flight counts
+    see every request (replica choice is per router process)."""
+    own = _open_stack(tmp_path / "stack", router_workers=1)
     yield own
     _close_stack(own)
 
@@ -125,21 +134,9 @@ def worker_hf(name: str, model_dir: Path, *flags: str) -> list[str]:
     ]  # fmt: skip
 
 
-def text_generation_model(models: Path) -> Path:
-    """The small decoder-only model the builder makes (with a chat template)."""
-    for candidate in ("tiny-llama", "llama", "tiny-gpt2", "gpt2"):
-        if (models / candidate / "config.json").exists():
-            return models / candidate
-    for config in sorted(models.glob("*/config.json")):
-        architectures = json.loads(config.read_text()).get("architectures") or []
-        if any(a.endswith("ForCausalLM") for a in architectures):
-            return config.parent
-    raise FileNotFoundError(f"no causal language model under {models}")
-
-
 @pytest.fixture(scope="session")
 def tiny_llm(stack: Stack, test_models: Path) -> Iterator[Worker]:
-    worker = stack.start_worker("tiny-llm", worker_hf("tiny-llm", text_generation_model(test_models)))
+    worker = stack.start_worker("tiny-llm", worker_hf("tiny-llm", test_models / "tiny-llama"))
     yield worker
     stack.stop_worker(worker)
 
