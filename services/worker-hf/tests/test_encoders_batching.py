@@ -1,0 +1,190 @@
+"""Cross-request batching of encoder tasks: the micro-batcher on its own,
+then 32 concurrent clients against a real worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hf_worker_process import HFWorker
+
+from infergate_common.errors import InfergateError
+from infergate_worker_hf.batching import MicroBatcher
+
+StartWorker = Callable[..., HFWorker]
+
+# --------------------------------------------------------------- the batcher
+
+
+def _slow_double(seen: list[list[int]]) -> Callable[[list[int]], list[int]]:
+    def run(rows: list[int]) -> list[int]:
+        seen.append(list(rows))
+        if any(row < 0 for row in rows):
+            raise ValueError("negative row")
+        time.sleep(0.01)
+        return [row * 2 for row in rows]
+
+    return run
+
+
+def _submit_concurrently(batcher: MicroBatcher[int, int], requests: list[list[int]]) -> list[Any]:
+    start = threading.Barrier(len(requests))
+
+    def one(rows: list[int]) -> Any:
+        start.wait()
+        try:
+            return batcher.submit(rows)
+        except InfergateError as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(one, requests))
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_results() -> None:
+    seen: list[list[int]] = []
+    batcher = MicroBatcher(_slow_double(seen), max_batch_size=8, max_wait_s=0.05)
+    batcher.start()
+    try:
+        requests = [[i, i + 100] for i in range(16)]
+        results = _submit_concurrently(batcher, requests)
+    finally:
+        batcher.stop()
+    assert results == [[i * 2, (i + 100) * 2] for i in range(16)]
+    sizes = [len(batch) for batch in seen]
+    assert max(sizes) > 2 and max(sizes) <= 8
+    assert sum(sizes) == 32
+    stats = batcher.stats.snapshot()
+    assert stats["rows"] == 32 and stats["largest_batch"] == max(sizes)
+
+
+def test_batch_size_one_runs_every_row_alone() -> None:
+    seen: list[list[int]] = []
+    batcher = MicroBatcher(_slow_double(seen), max_batch_size=1, max_wait_s=0.05)
+    batcher.start()
+    try:
+        results = _submit_concurrently(batcher, [[i] for i in range(8)])
+    finally:
+        batcher.stop()
+    assert results == [[i * 2] for i in range(8)]
+    assert [len(batch) for batch in seen] == [1] * 8
+
+
+def test_a_failing_batch_fails_only_its_requests() -> None:
+    seen: list[list[int]] = []
+    batcher = MicroBatcher(_slow_double(seen), max_batch_size=4, max_wait_s=0.0)
+    batcher.start()
+    try:
+        with pytest.raises(InfergateError, match="negative row"):
+            batcher.submit([1, -1, 2])
+        assert batcher.alive()
+        assert batcher.submit([3, 4]) == [6, 8]
+        # A request larger than a batch whose first part fails: its other
+        # rows are dropped, not run for no one.
+        with pytest.raises(InfergateError):
+            batcher.submit([-5, 1, 1, 1, 9, 9])
+        assert batcher.submit([7]) == [14]
+    finally:
+        batcher.stop()
+    assert not any(9 in batch for batch in seen)
+    assert batcher.stats.snapshot()["failed_batches"] == 2
+
+
+def test_stopped_batcher_refuses_work() -> None:
+    batcher = MicroBatcher(_slow_double([]), max_batch_size=4, max_wait_s=0.0)
+    batcher.start()
+    batcher.stop()
+    with pytest.raises(InfergateError, match="not running"):
+        batcher.submit([1])
+
+
+# ---------------------------------------------------------- a real worker
+
+SENTENCES = [
+    "Hello, my dog is cute.",
+    "The capital of France is Paris.",
+    "The stock market fell sharply today as investors sold shares.",
+    "cats and dogs",
+    "The weather today is sunny with a light wind from the west, and music plays.",
+    "one two three",
+    "She likes to read books in the garden.",
+    "A man is eating food.",
+]
+
+
+def _encode_all(worker: HFWorker, concurrent: bool, **options: Any) -> list[dict[str, Any]]:
+    inputs = [SENTENCES[i % len(SENTENCES)] for i in range(32)]
+
+    def one(i: int) -> dict[str, Any]:
+        response = worker.encode([inputs[i]], request_id=f"r{i}", **options)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    if not concurrent:
+        return [one(i) for i in range(32)]
+    with ThreadPoolExecutor(32) as pool:
+        return list(pool.map(one, range(32)))
+
+
+def _batching(worker: HFWorker) -> dict[str, Any]:
+    return dict(worker.info()["extra"]["batching"])
+
+
+def test_32_concurrent_requests_match_one_at_a_time(hf_worker: StartWorker, models: Path) -> None:
+    worker = hf_worker(models / "tiny-bert-classifier", "--max_batch_wait_ms", "20")
+    alone = _encode_all(worker, concurrent=False, return_raw_logits=True)
+    before = _batching(worker)
+    together = _encode_all(worker, concurrent=True, return_raw_logits=True)
+    after = _batching(worker)
+    for a, b in zip(alone, together, strict=True):
+        assert a["usage"] == b["usage"]
+        assert torch.allclose(torch.tensor(a["predictions"]), torch.tensor(b["predictions"]), atol=1e-5)
+    assert after["rows"] - before["rows"] == 32
+    assert after["batches"] - before["batches"] < 32  # some requests shared a forward pass
+    assert after["largest_batch"] > 1
+    assert max(int(size) for size in after["batch_sizes"]) <= 32
+
+
+def test_concurrent_token_classification_keeps_request_shapes(hf_worker: StartWorker, models: Path) -> None:
+    worker = hf_worker(models / "tiny-bert-ner", "--max_batch_wait_ms", "20")
+    alone = _encode_all(worker, concurrent=False)
+    together = _encode_all(worker, concurrent=True)
+    assert [a["predictions"] for a in alone] == [b["predictions"] for b in together]
+    assert [a["shape"] for a in alone] == [b["shape"] for b in together]
+    assert _batching(worker)["largest_batch"] > 1
+
+
+def test_concurrent_embeddings_match_one_at_a_time(hf_worker: StartWorker, models: Path) -> None:
+    worker = hf_worker(models / "tiny-st", "--max_batch_wait_ms", "20")
+    alone = _encode_all(worker, concurrent=False)
+    together = _encode_all(worker, concurrent=True)
+    for a, b in zip(alone, together, strict=True):
+        assert torch.allclose(torch.tensor(a["predictions"]), torch.tensor(b["predictions"]), atol=1e-5)
+        assert a["usage"] == b["usage"]
+
+
+def test_batch_size_one_disables_batching(hf_worker: StartWorker, models: Path) -> None:
+    worker = hf_worker(models / "tiny-bert-classifier", "--max_batch_size", "1")
+    _encode_all(worker, concurrent=True)
+    stats = _batching(worker)
+    assert stats["max_batch_size"] == 1
+    assert stats["largest_batch"] == 1 and stats["batches"] == stats["rows"]
+
+
+def test_a_bad_request_among_concurrent_ones_fails_alone(hf_worker: StartWorker, models: Path) -> None:
+    worker = hf_worker(models / "tiny-bert-mlm", "--max_batch_wait_ms", "20")
+
+    def one(i: int) -> int:
+        text = "no mask at all" if i % 8 == 0 else "The capital of France is [MASK]."
+        return worker.encode([text], request_id=f"m{i}").status_code
+
+    with ThreadPoolExecutor(32) as pool:
+        statuses = list(pool.map(one, range(32)))
+    assert statuses.count(400) == 4
+    assert statuses.count(200) == 28
