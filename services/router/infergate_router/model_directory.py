@@ -32,6 +32,7 @@ class ModelDirectory:
         self.ttl_s = ttl_s
         self.timeout = (connect_timeout_s, max(connect_timeout_s, 5.0))
         self.session = requests.Session()
+        self.session.trust_env = False
         self._lock = threading.Lock()
         self._models: list[ModelRecord] | None = None
         self._fetched_at = 0.0

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 WAKE_TTL_S = 600
 # Longer than the workers' stream expiry (streams.DEFAULT_TTL_S).
 NOTE_TTL_S = 900
+COMMAND_CONNECTIONS = 32
 READ_COUNT = 512
 
 
@@ -81,11 +82,16 @@ class StreamReader:
 
     def _command_client(self) -> redis.Redis:
         if self._commands is None:
-            self._commands = redis.Redis.from_url(
+            # A blocking pool: a burst of new streams waits for a connection
+            # instead of failing when the pool is exhausted.
+            pool = redis.BlockingConnectionPool.from_url(
                 self.redis_url,
+                max_connections=COMMAND_CONNECTIONS,
+                timeout=self.connect_timeout_s + 2,
                 socket_connect_timeout=self.connect_timeout_s,
                 socket_timeout=self.connect_timeout_s + 2,
             )
+            self._commands = redis.Redis(connection_pool=pool)
         return self._commands
 
     def subscribe(

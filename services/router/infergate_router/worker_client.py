@@ -39,6 +39,8 @@ class WorkerClient:
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
         self.session = requests.Session()
+        # Internal calls: no proxy variables or netrc to look up per request.
+        self.session.trust_env = False
         adapter = HTTPAdapter(pool_connections=64, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

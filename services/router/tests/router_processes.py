@@ -133,13 +133,13 @@ class Stack:
 
     def start_null_worker(
         self, name: str, *, tokens: int = 8, interval_ms: float = 0, task: str = "text_generation",
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
     ) -> tuple[Process, str]:  # fmt: skip
         port = free_port()
         cmd = [sys.executable, "-m", "infergate_common.null_engine", "--model_name", name, "--task", task,
                "--port", str(port), "--host", "127.0.0.1", "--tokens", str(tokens),
                "--token_interval_ms", str(interval_ms), "--redis_url", self.redis_url,
-               "--registry_url", self.registry_url]  # fmt: skip
+               "--registry_url", self.registry_url, *extra_args]  # fmt: skip
         process = self._start(f"worker-{name}-{port}", cmd, self.env(**(env or {})))
         url = f"http://127.0.0.1:{port}"
         process.wait_until(lambda: self.replica_ready(name, url), f"registered as {name}")
@@ -155,12 +155,8 @@ class Stack:
         port = free_port()
         cmd = [sys.executable, "-m", "gunicorn", "--config", "python:infergate_router.gunicorn_conf",
                "infergate_router.wsgi:app"]  # fmt: skip
-        full_env = self.env(
-            INFERGATE_BIND=f"127.0.0.1:{port}",
-            INFERGATE_WORKERS="1",
-            INFERGATE_REGISTRY_URL=self.registry_url,
-            **env,
-        )
+        defaults = {"INFERGATE_WORKERS": "1", "INFERGATE_REGISTRY_URL": self.registry_url}
+        full_env = self.env(**{**defaults, **env, "INFERGATE_BIND": f"127.0.0.1:{port}"})
         process = self._start(f"router-{port}", cmd, full_env)
         url = f"http://127.0.0.1:{port}"
         process.wait_until(lambda: requests.get(f"{url}/", timeout=2).ok, "answering /")
