@@ -41,6 +41,9 @@ class WorkerServerSettings(BaseModel):
     hosts: list[str] = Field(default_factory=list)
     restricted: bool = False
     threads: int = Field(64, ge=1)
+    # Open connections waitress accepts (its default, 100, is below what
+    # several router processes keep pooled; past it new ones hang unserved).
+    connection_limit: int = Field(2000, ge=1)
 
     def replica_url(self) -> str:
         return self.advertise_url or f"http://127.0.0.1:{self.port}"
@@ -121,6 +124,7 @@ def run_worker(engine: Engine, settings: WorkerServerSettings) -> int:
         host=settings.host,
         port=settings.port,
         threads=settings.threads,
+        connection_limit=settings.connection_limit,
         channel_timeout=3600,
         ident="infergate-worker",
     )
