@@ -7,7 +7,8 @@ Three ways of reading an answer:
   every ``data:`` line is timed on arrival.
 * ``worker_stream``: the baseline of the relay, without the router: POST the
   worker's ``/generate`` with ``stream: true`` (202), then read the Redis
-  stream straight away with ``XREAD BLOCK``, as the router would.
+  stream straight away through one multiplexed ``XREAD BLOCK``, as the
+  router's reader does.
 
 Tokens stamped by the benchmark engine (``tok<i>@<ns>``, ``--stamp_tokens``)
 give the relay latency of each token: receipt time minus the worker's
@@ -16,8 +17,11 @@ monotonic send time (one clock for every process of the host).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -86,6 +90,7 @@ class Client:
         self.redis_url = require_loopback(redis_url) if redis_url else None
         self.session: aiohttp.ClientSession | None = None
         self.redis: aioredis.Redis | None = None
+        self.mux: StreamMux | None = None
         self.progress = Progress()
         self.t0 = time.monotonic()
 
@@ -93,12 +98,17 @@ class Client:
         connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         if self.redis_url:
-            self.redis = aioredis.Redis.from_url(self.redis_url, max_connections=2000)
+            # A blocking pool: a burst of new streams waits for a connection.
+            pool = aioredis.BlockingConnectionPool.from_url(self.redis_url, max_connections=64, timeout=30)
+            self.redis = aioredis.Redis(connection_pool=pool)
+            self.mux = StreamMux(self.redis)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self.session is not None:
             await self.session.close()
+        if self.mux is not None:
+            await self.mux.close()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -122,9 +132,11 @@ class Client:
         record.latency_s = (time.monotonic_ns() - start) * NS
         return record
 
-    def _post(self, call: Call, i: int) -> Any:
+    def _post(self, call: Call, i: int, close: bool = False) -> Any:
         assert self.session is not None
         headers = {"Content-Type": "application/json", **dict(call.headers)}
+        if close:
+            headers["Connection"] = "close"
         return self.session.post(call.url, data=orjson.dumps(call.body(i)), headers=headers)
 
     async def _json(self, call: Call, i: int, record: RequestRecord) -> None:
@@ -188,25 +200,28 @@ class Client:
             record.error = "stream ended without [DONE]"
 
     async def _worker_stream(self, call: Call, i: int, record: RequestRecord, start: int) -> None:
-        assert self.redis is not None, "worker_stream needs a redis_url"
-        async with self._post(call, i) as response:
+        assert self.mux is not None, "worker_stream needs a redis_url"
+        # The stream is read from Redis: the HTTP connection is not reused
+        # while it lasts, and an idle keep-alive would hold one of the
+        # worker's limited connection slots.
+        async with self._post(call, i, close=True) as response:
             record.status = response.status
             raw = await response.read()
         if response.status != 202:
             record.error = raw[:300].decode(errors="replace")
             return
-        key = orjson.loads(raw)["stream_key"]
-        last_id: Any = b"0-0"
+        key = orjson.loads(raw)["stream_key"].encode()
         last = [start]
+        entries = self.mux.subscribe(key)
         try:
+            await self.mux.wake()
             while True:
-                reply: Any = await self.redis.xread({key: last_id}, block=30_000, count=1000)
-                now = time.monotonic_ns()
-                if not reply:
+                try:
+                    now, batch = await asyncio.wait_for(entries.get(), timeout=30)
+                except TimeoutError:
                     record.error = "no stream entry for 30 s"
                     return
-                for entry_id, fields in reply[0][1]:
-                    last_id = entry_id
+                for _entry_id, fields in batch:
                     event = fields.get(b"event")
                     data: bytes = fields.get(b"data", b"")
                     if event == b"delta":
@@ -221,4 +236,54 @@ class Client:
                         record.error = data[:300].decode(errors="replace")
                         return
         finally:
+            self.mux.unsubscribe(key)
             self._stream_ended(record)
+
+
+class StreamMux:
+    """One ``XREAD BLOCK`` over every open stream of the client, as the
+    router's reader does, so the baseline reads Redis the same way; a write
+    to a private wake stream picks a new subscription up at once."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.wake_key = f"bench:wake:{uuid.uuid4().hex}".encode()
+        self.queues: dict[bytes, asyncio.Queue[tuple[int, list[Any]]]] = {}
+        self.last: dict[Any, Any] = {self.wake_key: b"$"}
+        self.task: asyncio.Task[None] | None = None
+
+    def subscribe(self, key: bytes) -> asyncio.Queue[tuple[int, list[Any]]]:
+        queue: asyncio.Queue[tuple[int, list[Any]]] = asyncio.Queue()
+        self.queues[key] = queue
+        self.last[key] = b"0-0"
+        if self.task is None:
+            self.task = asyncio.create_task(self._read())
+        return queue
+
+    def unsubscribe(self, key: bytes) -> None:
+        self.queues.pop(key, None)
+        self.last.pop(key, None)
+
+    async def wake(self) -> None:
+        await self.redis.xadd(self.wake_key, {b"w": b"1"}, maxlen=1, approximate=False)
+
+    async def _read(self) -> None:
+        while True:
+            reply: Any = await self.redis.xread(dict(self.last), block=1000, count=1000)
+            now = time.monotonic_ns()
+            for key, entries in reply or ():
+                if key == self.wake_key:
+                    self.last[key] = entries[-1][0]
+                    continue
+                queue = self.queues.get(key)
+                if queue is None or not entries:
+                    continue
+                self.last[key] = entries[-1][0]
+                queue.put_nowait((now, entries))
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.redis.delete(self.wake_key)

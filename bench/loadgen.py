@@ -76,3 +76,19 @@ async def open_loop(
     await asyncio.gather(*tasks)
     wall = time.monotonic() - started
     return RunResult(label or call.kind, 0, wall, records, {"rate_per_s": rate_per_s})
+
+
+async def fresh_run(
+    call: Call,
+    concurrency: int,
+    count: int,
+    duration_s: float,
+    warmup: int = 0,
+    label: str = "",
+    redis_url: str | None = None,
+    timeout_s: float = 300,
+) -> RunResult:
+    """:func:`closed_loop` on a client of its own, so no keep-alive
+    connection of an earlier run stays open against the server's limits."""
+    async with Client(redis_url=redis_url, timeout_s=timeout_s) as client:
+        return await closed_loop(client, call, concurrency, count, duration_s, label=label, warmup=warmup)

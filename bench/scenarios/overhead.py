@@ -8,9 +8,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from ..client import Call, Client
+from ..client import Call
 from ..context import Context, ScenarioResult, below, diff, ms, run_async
-from ..loadgen import closed_loop
+from ..loadgen import fresh_run
 from ..procstat import CpuMeter
 from ..profiling import py_spy_record
 from ..stacks import BenchStack
@@ -100,49 +100,45 @@ def run(ctx: Context) -> ScenarioResult:
         pids = stack.router_pids()
 
         async def measure() -> None:
-            async with Client() as client:
-                for c in LEVELS:
-                    base = (await closed_loop(client, direct, c, counts[c], duration, warmup=c)).summary()
-                    result.runs.append(base)
-                    row: dict[str, Any] = {
-                        "concurrency": c,
-                        "direct_p50_ms": ms(base, "latency_ms", "p50"),
-                        "direct_p99_ms": ms(base, "latency_ms", "p99"),
-                        "direct_rps": base["requests_per_s"],
-                    }
-                    if stack.has_router:
-                        meter = CpuMeter(pids).start()
-                        routed_run = await closed_loop(client, routed, c, counts[c], duration, warmup=c)
-                        summary = routed_run.summary()
-                        _router_stats(summary, meter.stop())
-                        result.runs.append(summary)
-                        row.update(
-                            router_p50_ms=ms(summary, "latency_ms", "p50"),
-                            router_p99_ms=ms(summary, "latency_ms", "p99"),
-                            added_p50_ms=diff(ms(summary, "latency_ms", "p50"), row["direct_p50_ms"]),
-                            added_p99_ms=diff(ms(summary, "latency_ms", "p99"), row["direct_p99_ms"]),
-                            router_rps=summary["requests_per_s"],
-                            router_cpu_util=summary["router_cpu_util"],
-                            requests_per_router_cpu_s=summary["requests_per_router_cpu_s"],
-                            errors=summary["errors"] + base["errors"],
-                        )
-                    else:
-                        row["errors"] = base["errors"]
-                    result.rows.append(row)
-                if not stack.has_router:
-                    return
-                for call in protocol_calls(worker.url, embed.url, stack.router_url, "null", "null-embed"):
-                    run16 = await closed_loop(
-                        client, call, 16, counts[16] // 2, duration / 2, warmup=16, label=call.kind
+            for c in LEVELS:
+                base = (await fresh_run(direct, c, counts[c], duration, warmup=c)).summary()
+                result.runs.append(base)
+                row: dict[str, Any] = {
+                    "concurrency": c,
+                    "direct_p50_ms": ms(base, "latency_ms", "p50"),
+                    "direct_p99_ms": ms(base, "latency_ms", "p99"),
+                    "direct_rps": base["requests_per_s"],
+                }
+                if stack.has_router:
+                    meter = CpuMeter(pids).start()
+                    routed_run = await fresh_run(routed, c, counts[c], duration, warmup=c)
+                    summary = routed_run.summary()
+                    _router_stats(summary, meter.stop())
+                    result.runs.append(summary)
+                    row.update(
+                        router_p50_ms=ms(summary, "latency_ms", "p50"),
+                        router_p99_ms=ms(summary, "latency_ms", "p99"),
+                        added_p50_ms=diff(ms(summary, "latency_ms", "p50"), row["direct_p50_ms"]),
+                        added_p99_ms=diff(ms(summary, "latency_ms", "p99"), row["direct_p99_ms"]),
+                        router_rps=summary["requests_per_s"],
+                        router_cpu_util=summary["router_cpu_util"],
+                        requests_per_router_cpu_s=summary["requests_per_router_cpu_s"],
+                        errors=summary["errors"] + base["errors"],
                     )
-                    result.runs.append({**run16.summary(), "group": "protocols"})
+                else:
+                    row["errors"] = base["errors"]
+                result.rows.append(row)
+            if not stack.has_router:
+                return
+            for call in protocol_calls(worker.url, embed.url, stack.router_url, "null", "null-embed"):
+                run16 = await fresh_run(call, 16, counts[16] // 2, duration / 2, warmup=16, label=call.kind)
+                result.runs.append({**run16.summary(), "group": "protocols"})
 
         run_async(measure())
         if ctx.profile and stack.has_router and pids:
 
             async def load() -> None:
-                async with Client() as client:
-                    await closed_loop(client, routed, 16, counts[16], duration)
+                await fresh_run(routed, 16, counts[16], duration)
 
             with py_spy_record(pids[0], ctx.profile_path(NAME)) as info:
                 run_async(load())

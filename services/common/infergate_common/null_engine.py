@@ -34,6 +34,7 @@ from .errors import InvalidRequest
 from .logs import configure_logging
 from .settings import load_settings
 from .streams import (
+    DEFAULT_MAXLEN,
     HEARTBEAT_INTERVAL_S,
     DeltaEvent,
     DoneEvent,
@@ -178,15 +179,15 @@ class NullEngine(Engine):
                 if not running:
                     self._wakeup.clear()
                     continue
-            pipe = self.redis.pipeline(transaction=False)
+            writes: list[tuple[str, dict[str, str]]] = []
             finished = []
             beat = time.monotonic() - last_beat > HEARTBEAT_INTERVAL_S
             for stream in running:
-                if stream.step(pipe, self, beat):
+                if stream.step(writes, self, beat):
                     finished.append(stream)
             if beat:
                 last_beat = time.monotonic()
-            pipe.execute()
+            self._write(writes, [stream.writer for stream in finished])
             if finished:
                 with self.lock:
                     for stream in finished:
@@ -194,6 +195,18 @@ class NullEngine(Engine):
                         self.cancelled.discard(stream.request.request_id)
             if self.interval:
                 time.sleep(self.interval)
+
+    def _write(self, writes: list[tuple[str, dict[str, str]]], closing: list[StreamWriter]) -> None:
+        """One pipeline for the step; stamps are taken just before it is sent."""
+        pipe = self.redis.pipeline(transaction=False)
+        stamp = str(time.monotonic_ns())
+        for key, fields in writes:
+            if self.stamp_tokens:
+                fields["data"] = fields["data"].replace(_STAMP_MARK, stamp)
+            pipe.xadd(key, fields, maxlen=DEFAULT_MAXLEN, approximate=True)
+        for writer in closing:
+            pipe.expire(writer.key, writer.ttl_s)
+        pipe.execute()
 
     def _stream(self, request: GenerateRequest) -> None:
         writer = StreamWriter(self.redis, request.request_id, self.prefix)
@@ -253,6 +266,10 @@ class NullEngine(Engine):
         return DetokenizeResponse(prompt=" ".join(f"tok{t}" for t in request.tokens))
 
 
+# Replaced by the send time in the stepping loop, once the step's entries are built.
+_STAMP_MARK = "@@send-ns@@"
+
+
 class _SteppedStream:
     """One open stream of the stepping loop: its writer and its progress."""
 
@@ -267,10 +284,10 @@ class _SteppedStream:
         prompt = NullEngine._prompt_tokens(self.request)
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
-    def step(self, pipe: Any, engine: NullEngine, beat: bool) -> bool:
-        """Queue this stream's next entries on ``pipe``; True once it ended."""
+    def step(self, writes: list[tuple[str, dict[str, str]]], engine: NullEngine, beat: bool) -> bool:
+        """Add this stream's next entries to ``writes``; True once it ended."""
         n = self.request.params.n
-        key, maxlen = self.writer.key, self.writer.maxlen
+        key = self.writer.key
         if self.request.request_id in engine.cancelled:
             final: StreamEvent = DoneEvent(
                 finish_reasons={str(c): "abort" for c in range(n)}, usage=self._usage(0)
@@ -278,18 +295,18 @@ class _SteppedStream:
         else:
             i = self.next
             self.next += 1
+            text = f"tok{i}@{_STAMP_MARK} " if engine.stamp_tokens else f"tok{i} "
             for choice in range(n):
                 last = self.reason if i == self.count - 1 else None
-                delta = DeltaEvent(index=choice, text=engine._token_text(i), tokens=1, finish_reason=last)  # type: ignore[arg-type]
-                pipe.xadd(key, encode_event(delta), maxlen=maxlen, approximate=True)
+                delta = DeltaEvent(index=choice, text=text, tokens=1, finish_reason=last)  # type: ignore[arg-type]
+                writes.append((key, encode_event(delta)))
             if self.next < self.count:
                 if beat:
-                    pipe.xadd(key, encode_event(HeartbeatEvent()), maxlen=maxlen, approximate=True)
+                    writes.append((key, encode_event(HeartbeatEvent())))
                 return False
             reasons: dict[str, FinishReason] = {str(c): self.reason for c in range(n)}  # type: ignore[misc]
             final = DoneEvent(finish_reasons=reasons, usage=self._usage(self.count * n))
-        pipe.xadd(key, encode_event(final), maxlen=maxlen, approximate=True)
-        pipe.expire(key, self.writer.ttl_s)
+        writes.append((key, encode_event(final)))
         self.writer.closed = True
         return True
 
