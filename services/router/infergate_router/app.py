@@ -7,6 +7,7 @@ built at import time by ``wsgi.py`` and in tests without any service up.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import re
@@ -24,7 +25,7 @@ from infergate_common.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from infergate_common.logs import current_request_id, request_context
+from infergate_common.logs import request_context
 
 from .protocols import kserve
 from .protocols.openai import routes as openai_routes
@@ -128,8 +129,10 @@ def register_request_hooks(app: Flask) -> None:
     @app.teardown_request
     def leave_context(_: BaseException | None) -> None:
         context = g.pop("log_context", None)
-        if context is not None and current_request_id() is not None:
-            context.__exit__(None, None, None)
+        if context is not None:
+            # A context entered in another greenlet cannot be reset from this one.
+            with contextlib.suppress(ValueError):
+                context.__exit__(None, None, None)
 
 
 def register_blueprints(app: Flask) -> None:

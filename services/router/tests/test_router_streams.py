@@ -201,6 +201,9 @@ def test_openai_sdk_plain_and_streaming(router: str) -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 8
 
+    models = {m.id: m for m in client.models.list()}
+    assert models["null"].model_extra is not None and models["null"].model_extra["task"] == "text_generation"
+
     embedding = client.embeddings.create(model="embed", input=["one two", "three"])
     assert [d.index for d in embedding.data] == [0, 1]
     assert embedding.usage.prompt_tokens == 3
