@@ -52,6 +52,8 @@ class Scheduler:
         self.state: Any = None
         self.next_tokens: list[int] = []
         self.steps = 0
+        # The most sequences that ever decoded together (a batching witness).
+        self.peak_rows = 0
         self._thread = threading.Thread(target=self._run, name="generation-scheduler", daemon=True)
 
     # ----------------------------------------------------------- other threads
@@ -176,6 +178,7 @@ class Scheduler:
         self.state = self.runner.merge(self.state, state)
         self.rows.extend(rows[i] for i in keep)
         self.next_tokens.extend(picks[i].token for i in keep)
+        self.peak_rows = max(self.peak_rows, len(self.rows))
 
     def _decode_step(self) -> None:
         tokens = torch.tensor(self.next_tokens, dtype=torch.long, device=self.runner.device)
