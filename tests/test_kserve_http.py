@@ -86,27 +86,14 @@ def test_v1_predict_streams(stack: Stack) -> None:
     assert received, "no events"
     ids = [event.id for event in received if event.id]
     assert ids == sorted(ids, key=lambda i: tuple(int(p) for p in i.split("-")))
-    text = ""
-    for event in received:
-        if event.done:
-            continue
-        payload = event.json()
-        assert "error" not in payload, payload
-        text += _v1_chunk_text(payload)
-    assert text == plain["predictions"][0]
-
-
-def _v1_chunk_text(payload: dict[str, object]) -> str:
-    for key in ("predictions", "outputs"):
-        value = payload.get(key)
-        if isinstance(value, list) and value:
-            first = value[0]
-            return first if isinstance(first, str) else str(first.get("text", ""))  # type: ignore[union-attr]
-    for key in ("text", "delta", "token"):
-        value = payload.get(key)
-        if isinstance(value, str):
-            return value
-    raise AssertionError(f"no text in stream chunk {payload}")
+    assert received[-1].done
+    *chunks, usage = [event.json() for event in received[:-1]]
+    assert all("error" not in chunk for chunk in chunks), chunks
+    assert "".join(chunk["text"] for chunk in chunks) == plain["predictions"][0]
+    reasons = [chunk["finish_reason"] for chunk in chunks]
+    assert all(reason is None for reason in reasons[:-1])
+    assert reasons[-1] in ("length", "stop")
+    assert 1 <= usage["usage"]["completion_tokens"] <= 10
 
 
 def test_v2_server_and_health(stack: Stack) -> None:

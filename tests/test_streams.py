@@ -64,31 +64,38 @@ def test_sdk_stream_of_many_tokens(stack: Stack, null_worker: StartWorker) -> No
 
 def test_concurrent_streams_do_not_mix(stack: Stack, null_worker: StartWorker) -> None:
     null_worker("null-many", "--tokens", "1000", "--token_interval_ms", "2")
-    client = openai.OpenAI(base_url=stack.openai_url, api_key="unused", max_retries=0, timeout=60)
 
-    def one(count: int) -> tuple[int, str, str | None]:
-        stream = client.chat.completions.create(
-            model="null-many",
-            messages=[{"role": "user", "content": "go"}],
-            max_tokens=count,
-            stream=True,
-        )
-        text, ids = "", set()
-        reason = None
-        for chunk in stream:
-            ids.add(chunk.id)
-            for choice in chunk.choices:
-                text += choice.delta.content or ""
-                reason = choice.finish_reason or reason
-        assert len(ids) == 1
-        return count, text, reason
+    def one(count: int) -> tuple[int, str, set[str], str | None]:
+        with chat_stream(stack, "null-many", count) as response:
+            assert response.status_code == 200
+            received = list(events(response))
+        assert received[-1].done
+        payloads = [event.json() for event in received[:-1]]
+        reasons = [c["finish_reason"] for p in payloads for c in p["choices"] if c["finish_reason"]]
+        return count, "".join(chunk_text(e) for e in received[:-1]), {p["id"] for p in payloads}, reasons[-1]
 
     counts = [20 + 7 * i for i in range(32)]
     with ThreadPoolExecutor(max_workers=32) as pool:
         results = list(pool.map(one, counts))
-    for count, text, reason in results:
+    ids = set()
+    for count, text, chunk_ids, reason in results:
         assert text == expected_text(count)
         assert reason == "length"
+        assert len(chunk_ids) == 1
+        ids |= chunk_ids
+    assert len(ids) == len(counts)
+
+
+def test_sdk_reads_a_stream_with_heartbeats(stack: Stack, null_worker: StartWorker) -> None:
+    """A generation longer than the heartbeat interval: the keep-alives the
+    router sends on heartbeats must not look like events to the SDK."""
+    null_worker("null-slow", "--tokens", "60", "--token_interval_ms", "40")
+    client = openai.OpenAI(base_url=stack.openai_url, api_key="unused", max_retries=0, timeout=60)
+    stream = client.chat.completions.create(
+        model="null-slow", messages=[{"role": "user", "content": "go"}], max_tokens=60, stream=True
+    )
+    text = "".join(choice.delta.content or "" for chunk in stream for choice in chunk.choices)
+    assert text == expected_text(60)
 
 
 def test_resume_with_last_event_id(stack: Stack, null_worker: StartWorker) -> None:
