@@ -1,5 +1,6 @@
 """Helpers of the generation tests: in-process engines over the test
-models, and a reader of a request's Redis stream."""
+models, and a reader of a request's Redis stream. Test modules import the
+fixture as ``gen_engine_fixture``; pytest knows it as ``gen_engine``."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ torch.set_num_threads(1)
 EngineFactory = Callable[..., GenerationEngine]
 
 
-@pytest.fixture(scope="session")
-def gen_engine(models: Path, redis_server: RedisServer) -> Iterator[EngineFactory]:
+@pytest.fixture(scope="session", name="gen_engine")
+def gen_engine_fixture(models: Path, redis_server: RedisServer) -> Iterator[EngineFactory]:
     """``gen_engine(name, **settings)``: a loaded in-process engine, shared by
     every test asking for the same model and settings."""
     engines: dict[tuple[Any, ...], GenerationEngine] = {}

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from generation_fixtures import EngineFactory, gen_engine, generate, request  # noqa: F401
+from generation_fixtures import EngineFactory, gen_engine_fixture, generate, request  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from infergate_common.errors import InfergateError, InvalidRequest
