@@ -9,7 +9,7 @@ first byte; errors after that travel as events.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,17 +38,35 @@ def frame(event: SseEvent) -> bytes:
     return f"{head}data: {payload}\n\n".encode()
 
 
-def sse_response(events: Iterator[SseEvent], headers: dict[str, str] | None = None) -> Response:
-    def body() -> Iterator[bytes]:
+class _Body:
+    """The response body: framed events, and a ``close()`` the WSGI server
+    calls even when it never started iterating (a generator's ``finally``
+    would not run then), so ``on_close`` always runs."""
+
+    def __init__(self, events: Iterator[SseEvent], on_close: Callable[[], None] | None) -> None:
+        self.events = events
+        self.on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        for event in self.events:
+            yield frame(event)
+
+    def close(self) -> None:
         try:
-            for event in events:
-                yield frame(event)
-        finally:
-            close = getattr(events, "close", None)
+            close = getattr(self.events, "close", None)
             if close is not None:
                 close()
+        finally:
+            if self.on_close is not None:
+                self.on_close()
 
-    response = Response(body(), status=200, mimetype="text/event-stream")
+
+def sse_response(
+    events: Iterator[SseEvent],
+    headers: dict[str, str] | None = None,
+    on_close: Callable[[], None] | None = None,
+) -> Response:
+    response = Response(_Body(events, on_close), status=200, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     for name, value in (headers or {}).items():

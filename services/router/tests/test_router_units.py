@@ -9,7 +9,7 @@ from infergate_router.metrics import RouterMetrics
 from infergate_router.model_directory import normalise_host
 from infergate_router.replica_choice import InFlight
 from infergate_router.settings import RouterSettings, settings_from_env
-from infergate_router.sse import DONE, KEEPALIVE, SseEvent, frame
+from infergate_router.sse import DONE, KEEPALIVE, SseEvent, frame, sse_response
 
 
 def test_sse_frames() -> None:
@@ -85,3 +85,19 @@ def test_settings_from_env(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     assert settings.api_keys == ["a", "b"]
     assert settings.heartbeat_deadline_s == 1.5
     assert RouterSettings().max_body_bytes == 8 * 1024 * 1024
+
+
+def test_sse_body_closed_before_iteration_still_runs_on_close() -> None:
+    closed: list[str] = []
+
+    def events():  # type: ignore[no-untyped-def]
+        try:
+            yield SseEvent({"a": 1})
+        finally:
+            closed.append("generator")
+
+    response = sse_response(events(), on_close=lambda: closed.append("on_close"))
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers["Cache-Control"] == "no-cache"
+    response.close()
+    assert closed == ["on_close"]

@@ -62,7 +62,7 @@ def stream_response(
         group.close()
         raise
     events = relay(group, formatter, svc.metrics, model.name, g.started_at, request_id())
-    return sse_response(events)
+    return sse_response(events, on_close=group.close)
 
 
 def replay_response(request_id: str, model: str, formatter: StreamFormatter, last_id: str) -> Response:
@@ -77,4 +77,5 @@ def replay_response(request_id: str, model: str, formatter: StreamFormatter, las
     except BaseException:
         group.close()
         raise
-    return sse_response(relay(group, formatter, svc.metrics, model, g.started_at, request_id))
+    events = relay(group, formatter, svc.metrics, model, g.started_at, request_id)
+    return sse_response(events, on_close=group.close)
