@@ -436,6 +436,8 @@ def test_router_config_becomes_env_and_rolls_the_pods(chart: Chart) -> None:
     config, before = router({})
     assert config["INFERGATE_HEARTBEAT_DEADLINE_S"] == "3"
     assert config["INFERGATE_REQUEST_TIMEOUT_S"] == "600"
+    # Large integers stay integers (YAML numbers reach templates as floats).
+    assert config["INFERGATE_MAX_BODY_BYTES"] == "8388608"
     changed, after = router({"router": {"config": {"requestTimeoutS": 30}}})
     assert changed["INFERGATE_REQUEST_TIMEOUT_S"] == "30"
     assert before["checksum/config"] != after["checksum/config"]

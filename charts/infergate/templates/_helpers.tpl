@@ -148,7 +148,12 @@ helm.sh/chart: {{ include "infergate.chart" .root }}
 {{/* infergate.routerConfigEnv: router.config as INFERGATE_<UPPER_SNAKE> keys. */}}
 {{- define "infergate.routerConfigEnv" -}}
 {{- range $key, $value := .Values.router.config }}
-{{ printf "INFERGATE_%s" ($key | snakecase | upper) }}: {{ toString $value | quote }}
+{{- /* YAML numbers arrive as floats: 8388608 would print as 8.388608e+06. */}}
+{{- $text := toString $value }}
+{{- if and (kindIs "float64" $value) (eq $value (float64 (int64 $value))) }}
+{{- $text = int64 $value | toString }}
+{{- end }}
+{{ printf "INFERGATE_%s" ($key | snakecase | upper) }}: {{ $text | quote }}
 {{- end }}
 {{- end }}
 
