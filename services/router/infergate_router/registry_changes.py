@@ -56,7 +56,7 @@ class RegistryChangeListener:
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self.on_change()
-            except (redis.RedisError, OSError) as exc:
+            except Exception as exc:
                 if not failed:
                     log.warning("registry change channel lost: %s", exc)
                 failed = True

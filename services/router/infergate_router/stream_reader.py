@@ -167,8 +167,8 @@ class StreamReader:
             sub.queue.put(Entry(sub.key, sub.last_id, event))
 
     def _run(self) -> None:
-        wake_last = "0-0"
         client: redis.Redis | None = None
+        wake_last = "0-0"
         failed = False
         while not self._stop.is_set():
             try:
@@ -178,19 +178,19 @@ class StreamReader:
                         socket_connect_timeout=self.connect_timeout_s,
                         socket_timeout=self.block_ms / 1000 + self.connect_timeout_s + 2,
                     )
-                with self._lock:
-                    streams = {
-                        key: min((sub.last_id for sub in group), key=_id_order)
-                        for key, group in self._subs.items()
-                    }
-                streams[self.wake_key] = wake_last
-                reply: Any = client.xread(streams, count=READ_COUNT, block=self.block_ms)  # type: ignore[arg-type]
+                wake_last = self._read_once(client, wake_last)
                 if failed:
                     log.info("stream reader reconnected to Redis")
                     failed = False
-            except (redis.RedisError, OSError) as exc:
-                if not failed:
-                    log.warning("stream reader lost Redis: %s", exc)
+            except Exception as exc:
+                # Whatever went wrong, the reader must survive it: the open
+                # streams are failed (their clients get an error event) and
+                # reading starts again on a fresh connection.
+                if isinstance(exc, (redis.RedisError, OSError)):
+                    if not failed:
+                        log.warning("stream reader lost Redis: %s", exc)
+                else:
+                    log.exception("stream reader failed")
                 failed = True
                 self._fail_all("token stream store (Redis) became unreachable")
                 if client is not None:
@@ -198,23 +198,35 @@ class StreamReader:
                 client = None
                 wake_last = "0-0"
                 self._stop.wait(0.2)
-                continue
-            for raw_key, entries in reply or []:
-                key = _text(raw_key)
-                if key == self.wake_key:
-                    wake_last = _text(entries[-1][0])
-                    continue
-                with self._lock:
-                    group = list(self._subs.get(key, ()))
-                for raw_id, fields in entries:
-                    entry_id = _text(raw_id)
-                    try:
-                        event: StreamEvent = decode_event(fields)
-                    except ValueError as exc:
-                        event = ErrorEvent(message=f"undecodable stream entry: {exc}")
-                    for sub in group:
-                        if _id_order(entry_id) > _id_order(sub.last_id):
-                            sub.last_id = entry_id
-                            sub.queue.put(Entry(key, entry_id, event))
         if client is not None:
             client.close()
+
+    def _read_once(self, client: redis.Redis, wake_last: str) -> str:
+        """One ``XREAD`` over every open stream; returns the wake stream's last id."""
+        with self._lock:
+            streams = {
+                key: min((sub.last_id for sub in group), key=_id_order) for key, group in self._subs.items()
+            }
+        streams[self.wake_key] = wake_last
+        reply: Any = client.xread(streams, count=READ_COUNT, block=self.block_ms)  # type: ignore[arg-type]
+        # RESP2 answers a list of [key, entries]; RESP3 a map.
+        items = reply.items() if isinstance(reply, dict) else (reply or [])
+        for raw_key, entries in items:
+            key = _text(raw_key)
+            if key == self.wake_key:
+                if entries:
+                    wake_last = _text(entries[-1][0])
+                continue
+            with self._lock:
+                group = list(self._subs.get(key, ()))
+            for raw_id, fields in entries:
+                entry_id = _text(raw_id)
+                try:
+                    event: StreamEvent = decode_event(fields)
+                except ValueError as exc:
+                    event = ErrorEvent(message=f"undecodable stream entry: {exc}")
+                for sub in group:
+                    if _id_order(entry_id) > _id_order(sub.last_id):
+                        sub.last_id = entry_id
+                        sub.queue.put(Entry(key, entry_id, event))
+        return wake_last
