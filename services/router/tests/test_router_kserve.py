@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from flask.testing import FlaskClient
-from test_router_openai import assert_golden, sse_payloads
+from payloads import assert_golden, sse_payloads
 
 
 def test_alive(client: FlaskClient) -> None:

@@ -5,51 +5,17 @@ token prompts, base64 embeddings, model listing, aliases and domains."""
 from __future__ import annotations
 
 import base64
-import json
-import os
 import struct
 import uuid
 from typing import Any
 
 import pytest
-from conftest import GOLDEN
 from flask.testing import FlaskClient
+from payloads import assert_golden, sse_payloads
 from registry_records import register, set_aliases, set_domains
 from router_processes import Stack
 
 CHAT = {"model": "null", "messages": [{"role": "user", "content": "hi there"}]}
-
-
-def normalised(payload: Any) -> Any:
-    if isinstance(payload, dict):
-        out = {}
-        for key, value in payload.items():
-            if key in ("id", "created") and isinstance(value, (str, int)):
-                out[key] = f"<{key}>"
-            else:
-                out[key] = normalised(value)
-        return out
-    if isinstance(payload, list):
-        return [normalised(item) for item in payload]
-    return payload
-
-
-def assert_golden(name: str, payload: Any) -> None:
-    path = GOLDEN / f"{name}.json"
-    actual = normalised(payload)
-    if os.environ.get("UPDATE_GOLDEN") == "1" or not path.exists():
-        path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
-    assert actual == json.loads(path.read_text()), f"{path.name} differs (UPDATE_GOLDEN=1 rewrites it)"
-
-
-def sse_payloads(text: str) -> list[Any]:
-    out = []
-    for block in text.strip().split("\n\n"):
-        for line in block.splitlines():
-            if line.startswith("data: "):
-                data = line[len("data: ") :]
-                out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 def test_completion_shape(client: FlaskClient) -> None:
