@@ -62,11 +62,16 @@ def generate(engine: GenerationEngine, prompt: Any = "Hello, my dog", **params: 
 
 
 def read_stream(
-    client: redis.Redis, prefix: str, request_id: str, timeout_s: float = 30
+    client: redis.Redis,
+    prefix: str,
+    request_id: str,
+    timeout_s: float = 30,
+    into: list[StreamEvent] | None = None,
 ) -> list[StreamEvent]:
-    """Every event of a request's stream, through the final one."""
+    """Every event of a request's stream, through the final one, appended to
+    ``into`` (when given) as they arrive."""
     key = stream_key(prefix, request_id)
-    events: list[StreamEvent] = []
+    events: list[StreamEvent] = [] if into is None else into
     last = "0-0"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
