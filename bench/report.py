@@ -200,7 +200,15 @@ def _panel(ax: Any, kind: str, result: ScenarioResult) -> None:
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=path)
         ax.set(xscale="log", xlabel="concurrent streams", ylabel="tokens/s", title="Tokens/s against streams")
-    elif kind in ("batching", "vllm"):
+    elif kind == "vllm":
+        for key, name in (
+            ("vllm_tokens_per_s", "vLLM server"),
+            ("ours_tokens_per_s", "router + worker-vllm"),
+        ):
+            pts = [(row["concurrency"], row[key]) for row in result.rows]
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+        ax.set(xscale="log", xlabel="concurrent streams", ylabel="output tokens/s", title=result.title)
+    elif kind == "batching":
         labels = [str(row.get("case") or row.get("label")) for row in result.rows]
         values = [row.get("throughput") or 0 for row in result.rows]
         ax.barh(labels, values)

@@ -16,13 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
-from harness.processes import ProcessFailed  # noqa: E402
+from harness.ports import free_port  # noqa: E402
+from harness.processes import Process, ProcessFailed  # noqa: E402
 from harness.stack import Stack, Worker  # noqa: E402
 
 from . import procstat  # noqa: E402
 from .loopback import require_loopback  # noqa: E402
 
-__all__ = ["BenchStack", "ProcessFailed", "Worker"]
+__all__ = ["BenchStack", "Process", "ProcessFailed", "Worker", "free_port"]
 
 
 class BenchStack:
