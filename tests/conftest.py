@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.processes import stop_all
 from harness.stack import Stack, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,8 +88,15 @@ def start_worker(stack: Stack) -> Iterator[StartWorker]:
         return worker
 
     yield start
-    for worker in started:
+    _stop_and_forget(stack, started)
+
+
+def _stop_and_forget(stack: Stack, workers: list[Worker]) -> None:
+    stop_all([worker.process for worker in workers])
+    for worker in workers:
         stack.stop_worker(worker)
+    for name in {worker.name for worker in workers}:
+        stack.forget_model(name)
 
 
 @pytest.fixture
@@ -101,8 +109,7 @@ def null_worker(stack: Stack) -> Iterator[StartWorker]:
         return worker
 
     yield start
-    for worker in started:
-        stack.stop_worker(worker)
+    _stop_and_forget(stack, started)
 
 
 @pytest.fixture(scope="session")
@@ -135,17 +142,28 @@ def worker_hf(name: str, model_dir: Path, *flags: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_llm(stack: Stack, test_models: Path) -> Iterator[Worker]:
-    worker = stack.start_worker("tiny-llm", worker_hf("tiny-llm", test_models / "tiny-llama"))
-    yield worker
-    stack.stop_worker(worker)
+def hf_workers(stack: Stack, test_models: Path, minilm_path: Path) -> Iterator[dict[str, Worker]]:
+    """worker-hf serving tiny-llm and minilm, loaded side by side."""
+    launched = {
+        "tiny-llm": stack.launch_worker("tiny-llm", worker_hf("tiny-llm", test_models / "tiny-llama")),
+        "minilm": stack.launch_worker("minilm", worker_hf("minilm", minilm_path)),
+    }
+    try:
+        for worker in launched.values():
+            stack.wait_worker(worker, timeout_s=180)
+        yield launched
+    finally:
+        _stop_and_forget(stack, list(launched.values()))
 
 
 @pytest.fixture(scope="session")
-def minilm(stack: Stack, minilm_path: Path) -> Iterator[Worker]:
-    worker = stack.start_worker("minilm", worker_hf("minilm", minilm_path))
-    yield worker
-    stack.stop_worker(worker)
+def tiny_llm(hf_workers: dict[str, Worker]) -> Worker:
+    return hf_workers["tiny-llm"]
+
+
+@pytest.fixture(scope="session")
+def minilm(hf_workers: dict[str, Worker]) -> Worker:
+    return hf_workers["minilm"]
 
 
 @pytest.hookimpl(wrapper=True)

@@ -35,6 +35,8 @@ class Process:
         self.log_path = log_path
         full_env = dict(os.environ)
         full_env.update(env or {})
+        # Set once stopped: the group id may belong to someone else afterwards.
+        self.stopped = False
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             self.cmd,
@@ -75,6 +77,8 @@ class Process:
         self.wait_until(lambda: requests.get(url, timeout=2).ok, timeout_s, f"answering {url}")
 
     def signal_group(self, sig: int) -> None:
+        if self.stopped:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, sig)
 
@@ -84,12 +88,23 @@ class Process:
         self.popen.wait(timeout=10)
 
     def stop(self, grace_s: float = 5) -> None:
-        if self.alive():
-            self.signal_group(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=grace_s)
-        # Children that ignored SIGTERM or outlived their parent.
-        self.signal_group(signal.SIGKILL)
+        stop_all([self], grace_s)
+
+
+def stop_all(processes: Sequence[Process], grace_s: float = 5) -> None:
+    """SIGTERM every group at once, give them ``grace_s`` together, then SIGKILL."""
+    processes = [p for p in processes if not p.stopped]
+    for process in processes:
+        if process.alive():
+            process.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=5)
-        self._log.close()
+            process.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        # Children that ignored SIGTERM or outlived their parent.
+        process.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.popen.wait(timeout=5)
+        process._log.close()
+        process.stopped = True

@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 
 from .ports import free_port
-from .processes import Process
+from .processes import Process, stop_all
 from .redis_server import RedisServer
 
 BIN = Path(sys.executable).parent
@@ -132,15 +132,8 @@ class Stack:
             "--redis_url", self.redis.url,
         ]  # fmt: skip
 
-    def start_worker(
-        self,
-        name: str,
-        cmd: Sequence[str],
-        env: Mapping[str, str] | None = None,
-        timeout_s: float = 120,
-    ) -> Worker:
-        """Start ``cmd`` plus ``--port/--registry_url/--redis_url`` and wait
-        until it is ready and listed by the registry as a ready replica."""
+    def launch_worker(self, name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None) -> Worker:
+        """Start ``cmd`` plus ``--port/--registry_url/--redis_url``; returns at once."""
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         process = Process(
@@ -151,15 +144,30 @@ class Stack:
         )
         worker = Worker(name, url, process)
         self.workers.append(worker)
+        return worker
+
+    def wait_worker(self, worker: Worker, timeout_s: float = 120) -> Worker:
+        """Wait until the worker is ready and the registry lists it as a ready replica."""
         try:
-            process.wait_http_ok(f"{url}/readyz", timeout_s)
-            process.wait_until(
-                lambda: self.replica_listed(name, url), timeout_s=15, what="listed by the registry"
+            worker.process.wait_http_ok(f"{worker.url}/readyz", timeout_s)
+            worker.process.wait_until(
+                lambda: self.replica_listed(worker.name, worker.url),
+                timeout_s=15,
+                what="listed by the registry",
             )
         except BaseException:
             self.stop_worker(worker)
             raise
         return worker
+
+    def start_worker(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        timeout_s: float = 120,
+    ) -> Worker:
+        return self.wait_worker(self.launch_worker(name, cmd, env), timeout_s)
 
     def null_worker(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Worker:
         """A benchmark-engine worker: real process, real streams, instant answers."""
@@ -180,12 +188,16 @@ class Stack:
             self.workers.remove(worker)
 
     def stop(self) -> None:
-        for worker in list(self.workers):
-            self.stop_worker(worker)
-        for process in (self.router, self.registry):
-            if process is not None:
-                process.stop()
+        # Workers first, so that they deregister while the registry still runs.
+        stop_all([worker.process for worker in self.workers])
+        self.workers.clear()
+        stop_all([p for p in (self.router, self.registry) if p is not None])
         self.redis.stop()
+
+    def forget_model(self, name: str) -> None:
+        """Drop a model's record, so later tests do not see a model without replicas."""
+        with contextlib.suppress(requests.RequestException):
+            requests.delete(f"{self.registry_url}/registry/models/{name}", timeout=5)
 
     def logs_tail(self, chars: int = 3000) -> str:
         parts = []
