@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 import requests
-from chart_fixtures import Chart, Manifest, Manifests, container, flag_value, helm_binary
+from chart_fixtures import ROOT, Chart, Manifest, Manifests, container, flag_value, helm_binary
 from harness.ports import free_port
 from harness.redis_server import RedisServer
 from harness.stack import CHILD_ENV
@@ -221,14 +221,15 @@ class ClusterOnLoopback:
                 words[index + 1] = str(pod.port)
         return words
 
-    def start(self, pod: LocalPod) -> CleanProcess:
+    def start(self, pod: LocalPod, image_bin: Path = VENV_BIN) -> CleanProcess:
+        """Run the pod's container; ``image_bin`` stands for its image (the
+        virtual environment whose python and gunicorn it runs)."""
         env = self.environment(pod)
         home = self.workdir / pod.name / "home"
         home.mkdir(parents=True, exist_ok=True)
-        # What the image provides: the interpreter and gunicorn on PATH, a home.
-        image_env = {**CHILD_ENV, "PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+        image_env = {**CHILD_ENV, "PATH": f"{image_bin}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
         argv = self.argv(pod, env)
-        argv[0] = str(VENV_BIN / argv[0]) if (VENV_BIN / argv[0]).exists() else argv[0]
+        argv[0] = str(image_bin / argv[0]) if (image_bin / argv[0]).exists() else argv[0]
         log = self.workdir / f"{pod.name}.log"
         return CleanProcess(pod.name, argv, log, env={**image_env, **env})
 
@@ -261,7 +262,9 @@ def wait_for(check: Any, timeout_s: float, what: str, release_logs: Any) -> None
     raise AssertionError(f"not {what} after {timeout_s}s\n{release_logs()}")
 
 
-def chart_values(model_dir: Path) -> dict[str, Any]:
+def chart_values(
+    model_dir: Path, runtime: str = "huggingface", args: list[str] | None = None
+) -> dict[str, Any]:
     return {
         "domains": [DOMAIN],
         "streamPrefix": STREAM_PREFIX,
@@ -270,9 +273,9 @@ def chart_values(model_dir: Path) -> dict[str, Any]:
         "registry": {"workers": 1},
         "models": {
             MODEL: {
-                "runtime": "huggingface",
+                "runtime": runtime,
                 "modelId": str(model_dir),
-                "args": ["--torch_threads=1"],
+                "args": args if args is not None else ["--torch_threads=1"],
                 "hosts": [EXTRA_HOST],
                 # Reachable only on its own host names: shows --domains, --hosts and --restricted arrived.
                 "restricted": True,
@@ -281,11 +284,13 @@ def chart_values(model_dir: Path) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory, test_models: Path) -> Iterator[LocalRelease]:
-    workdir = tmp_path_factory.mktemp("chart-release")
+@contextlib.contextmanager
+def local_release(
+    workdir: Path, values: dict[str, Any], worker_bin: Path = VENV_BIN, worker_timeout_s: float = 180
+) -> Iterator[LocalRelease]:
+    """The chart rendered with ``values``, its Deployments running here."""
     chart = Chart(helm_binary())
-    manifests = chart.render(chart_values(test_models / TINY_LLM))
+    manifests = chart.render(values)
     (workdir / "redis").mkdir()
     redis = RedisServer(workdir / "redis").start()
     cluster = ClusterOnLoopback(manifests, redis.port, workdir)
@@ -303,18 +308,35 @@ def release(tmp_path_factory: pytest.TempPathFactory, test_models: Path) -> Iter
             f"http://127.0.0.1:{registry.port}",
             worker,
         )
-        for pod in (registry, router, worker):
-            processes[pod.name] = cluster.start(pod)
-        # The probes the chart gives each Deployment, on the local ports.
+        processes[registry.name] = cluster.start(registry)
+        processes[router.name] = cluster.start(router)
+        processes[worker.name] = cluster.start(worker, worker_bin)
+        # The readiness probes the chart gives each Deployment, on the local ports.
         for pod in (registry, router, worker):
             probe = pod.spec["readinessProbe"]["httpGet"]["path"]
-            url = f"http://127.0.0.1:{pod.port}{probe}"
-            processes[pod.name].wait_http_ok(url, timeout_s=180)
+            timeout_s = worker_timeout_s if pod is worker else 60
+            processes[pod.name].wait_http_ok(f"http://127.0.0.1:{pod.port}{probe}", timeout_s)
+        wait_for(
+            lambda: MODEL in model_ids(openai(release, "GET", "/models")),
+            timeout_s=60,
+            what="listed by the router",
+            release_logs=release.logs,
+        )
         yield release
     finally:
         for process in processes.values():
             process.stop()
         redis.stop()
+
+
+@pytest.fixture(scope="module")
+def listed(tmp_path_factory: pytest.TempPathFactory, test_models: Path) -> Iterator[LocalRelease]:
+    """worker-hf, router and registry as the chart runs them, once the router
+    lists the model on its own host name."""
+    with local_release(
+        tmp_path_factory.mktemp("chart-release"), chart_values(test_models / TINY_LLM)
+    ) as release:
+        yield release
 
 
 def openai(
@@ -331,18 +353,6 @@ def openai(
 def model_ids(response: requests.Response) -> list[str]:
     assert response.status_code == 200, response.text
     return [entry["id"] for entry in response.json()["data"]]
-
-
-@pytest.fixture(scope="module")
-def listed(release: LocalRelease) -> LocalRelease:
-    """The release once the router lists the model on its own host name."""
-    wait_for(
-        lambda: MODEL in model_ids(openai(release, "GET", "/models")),
-        timeout_s=60,
-        what="listed by the router",
-        release_logs=release.logs,
-    )
-    return release
 
 
 def test_worker_registers_the_address_the_chart_advertises(listed: LocalRelease) -> None:
@@ -428,3 +438,30 @@ def test_helm_test_pod_script_passes_against_the_release(listed: LocalRelease) -
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"status": "alive"' in result.stdout or '"status":"alive"' in result.stdout
+
+
+VLLM_BIN = ROOT / ".venv-vllm" / "bin"
+# vLLM's CPU engine: a small context and an explicit KV cache (no memory profiling).
+VLLM_CPU_ARGS = ["--max_model_len=512", f"--kv-cache-memory-bytes={256 * 1024 * 1024}"]
+
+
+@pytest.mark.vllm
+def test_auto_runtime_runs_the_vllm_launcher_as_the_chart_renders_it(
+    tmp_path: Path, test_models: Path
+) -> None:
+    """The `auto` runtime's command under the worker-vllm environment (the
+    vLLM image): the launcher takes the chart's flags and serves on vLLM."""
+    if not (VLLM_BIN / "python").exists():
+        pytest.fail(f"{VLLM_BIN}/python is missing: run ci/setup_vllm.sh")
+    values = chart_values(test_models / TINY_LLM, runtime="auto", args=VLLM_CPU_ARGS)
+    with local_release(tmp_path, values, worker_bin=VLLM_BIN, worker_timeout_s=300) as release:
+        spec = release.worker.spec
+        assert spec["command"] == ["python", "-m", "infergate_worker_vllm"]
+        assert flag_value(spec["args"], "--backend") == "auto"
+        record = requests.get(f"{release.registry_url}/registry/models/{MODEL}", timeout=5).json()
+        assert record["backend"] == "vllm", record
+        assert [r["url"] for r in record["replicas"]] == [f"http://{POD_IP}:{release.worker.port}"]
+        body = {"model": MODEL, "prompt": "hello", "max_tokens": 4, "temperature": 0}
+        response = openai(release, "POST", "/completions", json=body)
+        assert response.status_code == 200, response.text
+        assert 1 <= response.json()["usage"]["completion_tokens"] <= 4
