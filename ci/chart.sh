@@ -66,6 +66,7 @@ reject "HPA and KEDA together" --set models.m.modelId=org/m \
     --set models.m.autoscaling.enabled=true --set models.m.autoscaling.maxReplicas=2 \
     --set models.m.keda.enabled=true --set models.m.keda.maxReplicaCount=2
 reject "external Redis without URL" --set redis.enabled=false
+reject "HTTPRoute without a Gateway" --set router.httpRoute.enabled=true
 
 say "chart: install --dry-run=client"
 for entry in "${values_sets[@]}"; do

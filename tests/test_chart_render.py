@@ -468,8 +468,17 @@ def test_api_keys_reach_the_router_from_a_secret(chart: Chart) -> None:
         {"models": {"m": {"modelID": "org/m"}}},
         {"models": {"Bad_Name": {"modelId": "org/m"}}},
         {"redis": {"enabled": False}},
+        {"router": {"httpRoute": {"enabled": True}}},
     ],
-    ids=["replicas-string", "unknown-runtime", "no-model-source", "misspelt-field", "bad-name", "no-redis"],
+    ids=[
+        "replicas-string",
+        "unknown-runtime",
+        "no-model-source",
+        "misspelt-field",
+        "bad-name",
+        "no-redis",
+        "route-without-gateway",
+    ],
 )
 def test_schema_rejects_bad_values(chart: Chart, values: dict[str, Any]) -> None:
     with pytest.raises(RenderFailed, match=r"schema|required"):
