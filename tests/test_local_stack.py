@@ -1,0 +1,189 @@
+"""`make run`'s stack (ci/stack.sh) as a user runs it: it serves the default
+models, its banner's curl commands work, and Ctrl-C stops every process."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from harness.ports import free_port
+from harness.sse import events
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+class LocalStack:
+    def __init__(self, workdir: Path) -> None:
+        self.ports = {name: free_port() for name in ("PORT", "REDIS_PORT", "REGISTRY_PORT")}
+        # Two consecutive free ports for the two workers.
+        self.ports["WORKER_PORT"] = _free_pair()
+        self.url = f"http://127.0.0.1:{self.ports['PORT']}"
+        self.output = workdir / "stack.out"
+        env = {
+            **os.environ,
+            **{k: str(v) for k, v in self.ports.items()},
+            "STACK_DIR": str(workdir / "state"),
+        }
+        for name in ("MODEL_ID", "MODEL_NAME", "TASK", "BACKEND"):
+            env.pop(name, None)
+        env["OMP_NUM_THREADS"] = "1"
+        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            ["bash", str(ROOT / "ci" / "stack.sh")],
+            cwd=ROOT,
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def wait_for_banner(self, timeout_s: float = 300) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.text()
+            if "infergate is serving at" in text:
+                time.sleep(0.5)
+                return self.text()
+            assert self.process.poll() is None, f"stack.sh exited:\n{text[-4000:]}"
+            time.sleep(0.5)
+        raise AssertionError(f"no banner after {timeout_s}s:\n{self.text()[-4000:]}")
+
+    def interrupt(self, timeout_s: float = 30) -> int:
+        """What Ctrl-C does: SIGINT to the terminal's foreground process group."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self._out.close()
+
+
+def _free_pair() -> int:
+    for _ in range(50):
+        port = free_port()
+        if _port_free(port + 1):
+            return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+def _port_free(port: int) -> bool:
+    """Nothing listens there (connections of the past may linger in TIME_WAIT)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    stack = LocalStack(tmp_path_factory.mktemp("local-stack"))
+    try:
+        stack.wait_for_banner()
+        yield stack
+    finally:
+        stack.kill()
+
+
+def test_serves_chat_plain_and_streamed(local_stack: LocalStack) -> None:
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+    plain = requests.post(f"{local_stack.url}/openai/v1/chat/completions", json=body, timeout=60)
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["choices"][0]["message"]["role"] == "assistant"
+    with requests.post(
+        f"{local_stack.url}/openai/v1/chat/completions",
+        json={**body, "stream": True},
+        stream=True,
+        timeout=60,
+    ) as response:
+        received = list(events(response))
+    assert received[-1].done
+    assert received[0].json()["choices"][0]["delta"]["role"] == "assistant"
+
+
+def test_serves_embeddings_and_kserve(local_stack: LocalStack) -> None:
+    embedding = requests.post(
+        f"{local_stack.url}/openai/v1/embeddings", json={"model": "minilm", "input": "hello"}, timeout=60
+    )
+    assert embedding.status_code == 200, embedding.text
+    assert len(embedding.json()["data"][0]["embedding"]) == 384
+    v1 = requests.post(
+        f"{local_stack.url}/v1/models/tiny-llama:predict",
+        json={"instances": ["Hello"], "parameters": {"max_tokens": 4}},
+        timeout=60,
+    )
+    assert v1.status_code == 200, v1.text
+    v2 = requests.post(
+        f"{local_stack.url}/v2/models/minilm/infer",
+        json={"inputs": [{"name": "input-0", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]},
+        timeout=60,
+    )
+    assert v2.status_code == 200, v2.text
+    models = requests.get(f"{local_stack.url}/openai/v1/models", timeout=10).json()["data"]
+    assert {(m["id"], m["task"]) for m in models} == {
+        ("tiny-llama", "text_generation"),
+        ("minilm", "text_embedding"),
+    }
+
+
+def _banner_commands(text: str) -> list[str]:
+    lines = text[text.index("infergate is serving at") :].splitlines()
+    commands, current = [], ""
+    for line in lines:
+        line = re.sub(r"^\S+ \S+\s+\| ", "", line)  # honcho's "time name | " prefix
+        stripped = line.strip()
+        if current:
+            current += " " + stripped.rstrip("\\").strip()
+            if not stripped.endswith("\\"):
+                commands.append(current)
+                current = ""
+        elif stripped.startswith("curl "):
+            if stripped.endswith("\\"):
+                current = stripped.rstrip("\\").strip()
+            else:
+                commands.append(stripped)
+    return commands
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_banner_curl_commands_work(local_stack: LocalStack) -> None:
+    commands = _banner_commands(local_stack.text())
+    assert len(commands) >= 5, local_stack.text()[-3000:]
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-c", command + " --fail --silent --show-error --max-time 60"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert done.returncode == 0, f"{command}\n{done.stderr}\n{done.stdout}"
+        assert done.stdout.strip()
+
+
+def test_ctrl_c_stops_everything(local_stack: LocalStack) -> None:
+    assert local_stack.interrupt() in (0, 130, -signal.SIGINT)
+    for name, port in local_stack.ports.items():
+        assert _port_free(port), f"{name} {port} still bound after Ctrl-C"
+    assert _port_free(local_stack.ports["WORKER_PORT"] + 1)
+    leftover = subprocess.run(
+        ["pgrep", "-g", str(local_stack.process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert leftover == [], f"processes left in the stack's group: {leftover}"
