@@ -5,13 +5,11 @@
 # the rendered manifests. Offline: helm comes from ci/helm.sh.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
+# kubernetes-validate and pytest live in .venv (ci/requirements.txt).
+bash "$ROOT/ci/setup.sh"
 CHART="$ROOT/charts/infergate"
 HELM="$(bash "$ROOT/ci/helm.sh")"
 VALIDATE="$VENV/bin/kubernetes-validate"
-if [ ! -x "$VALIDATE" ]; then
-    say "installing kubernetes-validate into $VENV"
-    "$PY" -m pip install -q "$(grep -E '^kubernetes-validate==' "$ROOT/ci/requirements.txt")"
-fi
 say "chart: $("$HELM" version --short)"
 
 # The optional resources render only when the cluster has their API; this
