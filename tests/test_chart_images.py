@@ -1,4 +1,5 @@
-"""The service Dockerfiles agree with the repository and the chart. No image
+"""The service Dockerfiles agree with the repository and the chart (worker-vllm's
+image only with the chart: its environment follows vLLM's pins). No image
 can be built here (no Docker engine), so they are read: every COPY source
 exists, every dependency is pinned, and the command, port and user are the
 ones the chart's Deployments use."""
@@ -58,11 +59,13 @@ def dependencies(service: str) -> list[str]:
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, dict]:
     chart = Chart(helm_binary())
-    manifests = chart.render({"models": {"m": {"runtime": "huggingface", "modelId": "org/m"}}})
+    models = {"hf": {"runtime": "huggingface", "modelId": "org/m"}, "auto": {"modelId": "org/m"}}
+    manifests = chart.render({"models": models})
     return {
         "router": manifests.one("Deployment", chart.name("router")),
         "registry": manifests.one("Deployment", chart.name("registry")),
-        "worker-hf": manifests.one("Deployment", chart.name("worker-m")),
+        "worker-hf": manifests.one("Deployment", chart.name("worker-hf")),
+        "worker-vllm": manifests.one("Deployment", chart.name("worker-auto")),
     }
 
 
@@ -93,14 +96,14 @@ def test_every_dependency_is_pinned_by_the_constraints(service: str) -> None:
     assert not unpinned
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", [*SERVICES, "worker-vllm"])
 def test_image_runs_what_the_chart_runs(service: str, rendered: dict[str, dict]) -> None:
     steps = dict(instructions(ROOT / "services" / service / "Dockerfile"))
     spec = container(rendered[service])
     pod_user = rendered[service]["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     assert steps["USER"] == str(pod_user)
     assert int(steps["EXPOSE"]) == spec["ports"][0]["containerPort"]
-    if service == "worker-hf":
+    if service.startswith("worker-"):
         assert json.loads(steps["ENTRYPOINT"]) == spec["command"]
     else:
         assert json.loads(steps["CMD"]) == spec["command"]
