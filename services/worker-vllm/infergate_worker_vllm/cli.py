@@ -13,7 +13,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import redis
 from pydantic import ValidationError
 
 from infergate_common.errors import StartupError
@@ -72,14 +71,7 @@ def serve_vllm(
     settings.engine_flags = parse_engine_flags(engine_argv)
     gpus = visible_gpu_count()
     engine_args = resolve_engine_args(settings, gpus)
-    engine = VllmEngine(
-        settings,
-        engine_args,
-        choice,
-        arch,
-        redis.Redis.from_url(settings.redis_url),
-        device="cuda" if gpus else "cpu",
-    )
+    engine = VllmEngine(settings, engine_args, choice, arch, device="cuda" if gpus else "cpu")
     return run_worker(engine, settings)
 
 

@@ -2,14 +2,13 @@
 
 The engine runs on an asyncio loop in a thread of its own
 (:class:`BackgroundLoop`); the worker API's threads hand it coroutines.
-Deltas of streaming requests go to Redis through one writer thread, so the
-engine's loop never waits on Redis and each stream keeps its order.
+Deltas of streaming requests go to Redis in batches
+(:class:`StreamBatcher`), so the engine's loop never waits on Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -25,7 +24,15 @@ from infergate_common.errors import (
     InvalidRequest,
     ServiceUnavailable,
 )
-from infergate_common.streams import HEARTBEAT_INTERVAL_S, StreamWriter
+from infergate_common.streams import (
+    HEARTBEAT_INTERVAL_S,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    HeartbeatEvent,
+    StreamEvent,
+    StreamWriter,
+)
 from infergate_common.worker_api import (
     Backend,
     DetokenizeRequest,
@@ -49,6 +56,7 @@ from .logprobs import LogprobMapper
 from .prompts import RenderedPrompt, check_token_ids, has_chat_template, render_chat, render_prompt
 from .sampling import completion_budget, finish_reason, to_vllm
 from .settings import VllmWorkerSettings
+from .stream_batcher import StreamBatcher
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +103,15 @@ class VllmEngine(Engine):
         engine_args: Any,
         choice: BackendChoice,
         architecture: str | None,
-        redis_client: Any,
         device: str,
     ) -> None:
         self.settings = settings
         self.engine_args = engine_args
         self.choice = choice
         self.architecture = architecture
-        self.redis = redis_client
         self.device = device
         self.loop = BackgroundLoop("vllm-asyncio")
-        self.sink = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-stream")
+        self.batcher = StreamBatcher(settings.redis_url)
         self.llm: Any = None
         self.tokenizer: Any = None
         self.max_model_len: int | None = engine_args.max_model_len
@@ -134,6 +140,7 @@ class VllmEngine(Engine):
             trust_remote_code=self.settings.trust_remote_code,
         )
         self.llm = self.loop.run(self._start_engine())
+        self.loop.run(self._start_batcher())
         model_config = self.llm.model_config
         self.max_model_len = int(model_config.max_model_len)
         self.max_logprobs = int(model_config.max_logprobs)
@@ -150,6 +157,9 @@ class VllmEngine(Engine):
 
         return AsyncLLM.from_engine_args(self.engine_args)
 
+    async def _start_batcher(self) -> None:
+        self.batcher.start()
+
     def ready(self) -> tuple[bool, str]:
         if self._dead is not None:
             return False, self._dead
@@ -163,14 +173,18 @@ class VllmEngine(Engine):
         self._stopping = True
         if self._loaded.is_set():
             with contextlib.suppress(Exception):
-                self.loop.run(self._fail_open_streams("the worker is shutting down", 503), timeout=2)
+                self.loop.run(self._close_streams(), timeout=3)
         if self.llm is not None:
             try:
                 self.llm.shutdown()
             except Exception:
                 log.exception("vLLM engine shutdown failed")
         self.loop.stop()
-        self.sink.shutdown(wait=True)
+
+    async def _close_streams(self) -> None:
+        await self._fail_open_streams("the worker is shutting down", 503)
+        await self.batcher.drain()
+        await self.batcher.close()
 
     def info(self) -> WorkerInfo:
         chat = self.tokenizer is not None and has_chat_template(self.tokenizer)
@@ -264,7 +278,8 @@ class VllmEngine(Engine):
 
     def start_stream(self, request: GenerateRequest) -> None:
         job = self._prepare(request)
-        writer = StreamWriter(self.redis, request.request_id, self.settings.stream_prefix)
+        # The batcher writes its entries; the writer names the stream and tracks its end.
+        writer = StreamWriter(None, request.request_id, self.settings.stream_prefix)
         try:
             self.loop.submit(self._stream(job, writer))
         except Exception:
@@ -328,16 +343,19 @@ class VllmEngine(Engine):
             logprobs: list[TokenLogprob] | None,
             finish: FinishReason | None,
         ) -> None:
-            self._write(stream, writer.delta, index, text, tokens, logprobs, finish)
+            event = DeltaEvent(index=index, text=text, tokens=tokens, logprobs=logprobs, finish_reason=finish)
+            self._write(stream, event)
 
         try:
             finish, usage, _ = await self._drive(job, emit)
-            self._write(stream, writer.done, finish, usage)
+            reasons = {str(index): reason for index, reason in finish.items()}
+            self._write(stream, DoneEvent(finish_reasons=reasons, usage=usage))
         except InfergateError as exc:
-            self._write(stream, writer.error, exc.message, exc.status, exc.type)
+            self._write(stream, ErrorEvent(status=exc.status, type=exc.type, message=exc.message))
         except Exception as exc:
             log.exception("stream failed", extra={"request_id": job.request_id})
-            self._write(stream, writer.error, f"generation failed: {type(exc).__name__}: {exc}", 500)
+            message = f"generation failed: {type(exc).__name__}: {exc}"
+            self._write(stream, ErrorEvent(status=500, message=message))
         finally:
             self._streams.pop(job.request_id, None)
 
@@ -425,20 +443,13 @@ class VllmEngine(Engine):
 
     # ------------------------------------------------------------ streams
 
-    def _write(self, stream: _OpenStream, method: Callable[..., None], *args: Any) -> None:
+    def _write(self, stream: _OpenStream, event: StreamEvent) -> None:
         stream.last_write = time.monotonic()
-        self.sink.submit(self._write_now, method, *args)
-
-    @staticmethod
-    def _write_now(method: Callable[..., None], *args: Any) -> None:
-        try:
-            method(*args)
-        except Exception:
-            log.exception("writing to a Redis stream failed")
+        self.batcher.put(stream.writer, event)
 
     async def _fail_open_streams(self, message: str, status: int) -> None:
         for stream in list(self._streams.values()):
-            self._write(stream, stream.writer.error, message, status, ServiceUnavailable.type)
+            self._write(stream, ErrorEvent(status=status, type=ServiceUnavailable.type, message=message))
 
     async def _watch(self) -> None:
         """Heartbeats for quiet streams (queued, or between slow tokens), and
@@ -452,4 +463,4 @@ class VllmEngine(Engine):
             now = time.monotonic()
             for stream in list(self._streams.values()):
                 if now - stream.last_write >= HEARTBEAT_INTERVAL_S / 2:
-                    self._write(stream, stream.writer.heartbeat)
+                    self._write(stream, HeartbeatEvent())
