@@ -73,6 +73,7 @@ class ScenarioResult:
     notes: list[str] = field(default_factory=list)
     profile: dict[str, Any] | None = None
     skipped: str = ""
+    trace: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +86,7 @@ class ScenarioResult:
             "notes": self.notes,
             "profile": self.profile,
             "runs": self.runs,
+            "trace": self.trace,
         }
 
 

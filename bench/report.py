@@ -112,8 +112,7 @@ def markdown(ctx: Context, mode: str, machine: dict[str, Any], results: list[Sce
             ]
         if result.profile:
             out += _profile(result.profile)
-        notes = [n for n in result.notes if not n.startswith("Traceback")]
-        out += [f"- {note}" for note in notes]
+        out += [f"- {note}" for note in result.notes]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -96,7 +96,7 @@ def run_scenario(name: str, ctx: Context) -> ScenarioResult:
     except Exception as exc:
         log.error("scenario %s failed: %s", name, exc)
         result = ScenarioResult(name, name, "", skipped=f"failed: {type(exc).__name__}: {exc}"[:2000])
-        result.notes.append(traceback.format_exc()[-3000:])
+        result.trace = traceback.format_exc()[-5000:]
     result.notes.append(f"scenario took {time.monotonic() - started:.0f} s")
     return result
 

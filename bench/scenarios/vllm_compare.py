@@ -29,7 +29,7 @@ ENGINE_FLAGS = [
     "--gpu-memory-utilization",
     "0.2",
     "--max-model-len",
-    "2048",
+    "1024",
 ]
 
 
