@@ -175,12 +175,6 @@ def test_backend_vllm_given_to_worker_hf_still_serves(hf_worker: StartWorker, mo
     assert "--backend vllm" in info["backend_reason"]
 
 
-def test_launcher_reason_is_reported(hf_worker: StartWorker, models: Path) -> None:
-    reason = "vLLM does not support BertModel"
-    worker = hf_worker(models / "tiny-bert-encoder", "--backend", "auto", "--backend_reason", reason)
-    assert worker.info()["backend_reason"] == reason
-
-
 def test_tokenize_and_detokenize(hf_worker: StartWorker, models: Path) -> None:
     worker = hf_worker(models / "tiny-bert-classifier", "--max_model_len", "64")
     tokens = worker.post("/tokenize", {"prompt": "hello dog"}).json()
@@ -195,3 +189,28 @@ def test_tokenize_and_detokenize(hf_worker: StartWorker, models: Path) -> None:
     # An encoder has no chat template: a clear 400.
     chat = worker.post("/tokenize", {"messages": [{"role": "user", "content": "hi"}]})
     assert chat.status_code == 400 and "chat template" in chat.json()["error"]["message"]
+
+
+def test_engine_is_not_ready_until_loaded(models: Path) -> None:
+    from infergate_common.worker_api import Task
+    from infergate_worker_hf.encoders import SequenceClassificationEngine
+
+    settings = HFWorkerSettings(model_id=str(models / "tiny-bert-classifier"), model_name="cls")
+    engine = SequenceClassificationEngine(settings, Task.SEQUENCE_CLASSIFICATION, None)
+    assert engine.ready() == (False, "loading")
+    before = engine.info()
+    assert before.name == "cls" and before.max_model_len is None and before.backend.value == "huggingface"
+    engine.load()
+    try:
+        assert engine.ready() == (True, "")
+        assert engine.info().max_model_len == 128
+    finally:
+        engine.shutdown()
+    assert engine.ready() == (False, "shutting down")
+
+
+def test_backend_reason_names_who_chose() -> None:
+    from infergate_worker_hf.base_engine import backend_reason
+
+    assert "huggingface asked" in backend_reason(HFWorkerSettings(backend="huggingface"))
+    assert backend_reason(HFWorkerSettings(backend_reason="vLLM lacks BertModel")) == "vLLM lacks BertModel"
