@@ -15,7 +15,7 @@ import redis
 import requests
 from conftest import HEARTBEAT_DEADLINE_S, StartWorker
 from harness.sse import Event, events
-from harness.stack import Stack
+from harness.stack import Stack, Worker
 
 
 def expected_text(count: int) -> str:
@@ -156,6 +156,39 @@ def test_client_disconnect_frees_the_worker_slot_within_a_second(
     length = client.xlen(key)
     time.sleep(0.2)
     assert client.xlen(key) == length
+
+
+def test_disconnect_stops_a_real_generation_within_a_second(stack: Stack, tiny_llm: Worker) -> None:
+    """The same on worker-hf: the generation ends, aborted, once the client is gone."""
+    client = stack.redis.client()
+    request_id = uuid.uuid4().hex
+    response = requests.post(
+        f"{stack.openai_url}/completions",
+        json={
+            "model": "tiny-llm",
+            "prompt": "Once upon a time",
+            "max_tokens": 900,
+            "ignore_eos": True,
+            "stream": True,
+        },
+        headers={"X-Request-Id": request_id},
+        stream=True,
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    stream = events(response)
+    for _ in range(3):
+        assert "error" not in next(stream).json()
+    key = f"{stack.prefix}:stream:{request_id}"
+    assert key in _unfinished_streams(client, stack.prefix)
+    response.close()
+    closed_at = time.monotonic()
+    while key in _unfinished_streams(client, stack.prefix):
+        assert time.monotonic() - closed_at < 1.0, "worker-hf still generates for a gone client"
+        time.sleep(0.02)
+    final = _final_event(client, key)
+    assert final["event"] == "done"
+    assert set(json.loads(final["data"])["finish_reasons"].values()) == {"abort"}
 
 
 def test_worker_killed_mid_stream_gives_an_error_event(stack: Stack, null_worker: StartWorker) -> None:
