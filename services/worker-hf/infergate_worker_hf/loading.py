@@ -142,7 +142,10 @@ def derive_max_model_len(
             if bound is not None and 0 < bound < _SENSIBLE_TOKENIZER_LIMIT:
                 default = min(default, bound)
         return default
-    if requested > limit:
+    # KServe allows a request up to the config's own model_max_length when
+    # that is larger than the position limits.
+    model_max_length = getattr(config, "model_max_length", None)
+    if requested > limit and not (isinstance(model_max_length, int) and requested <= model_max_length):
         message = (
             f"--max_model_len {requested} is greater than the model's context length "
             f"({key_used or 'default'}={limit} in its config.json)"

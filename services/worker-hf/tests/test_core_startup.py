@@ -58,6 +58,15 @@ def test_requested_context_length_above_the_model_is_a_startup_error(
     assert derive_max_model_len(BertConfig(max_position_embeddings=128), 1000) == 1000
 
 
+def test_config_model_max_length_allows_a_longer_request() -> None:
+    config = BertConfig(max_position_embeddings=128)
+    config.model_max_length = 256
+    assert derive_max_model_len(config, None) == 128
+    assert derive_max_model_len(config, 200) == 200
+    with pytest.raises(StartupError):
+        derive_max_model_len(config, 300)
+
+
 def test_config_without_a_length_defaults_to_2048() -> None:
     assert derive_max_model_len(PretrainedConfig(), None) == 2048
     # Without a limit in the config, the requested length is taken as is.
