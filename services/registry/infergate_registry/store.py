@@ -157,16 +157,26 @@ class RegistryStore:
     def publish(self, name: str, change: str) -> None:
         self.redis.publish(self.channel, ChangeMessage(model=name, change=change).model_dump_json())
 
-    def _save_record(self, record: ModelRecord) -> None:
-        stored = record.model_copy(update={"replicas": []})
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self._model_key(record.name), stored.model_dump_json())
-        pipe.sadd(self._names_key, record.name)
-        pipe.execute()
+    def _change_record(
+        self, name: str, change: Callable[[ModelRecord | None], ModelRecord]
+    ) -> tuple[ModelRecord | None, ModelRecord]:
+        """Read, change and write a model record atomically (optimistic, retried
+        when another writer got there first); returns (before, after)."""
+        key = self._model_key(name)
+        outcome: list[tuple[ModelRecord | None, ModelRecord]] = []
 
-    def _existing_record(self, name: str) -> ModelRecord | None:
-        raw = self.redis.get(self._model_key(name))
-        return None if raw is None else ModelRecord.model_validate_json(raw)
+        def attempt(pipe: Any) -> None:
+            raw = pipe.get(key)
+            existing = None if raw is None else ModelRecord.model_validate_json(raw)
+            updated = change(existing).model_copy(update={"replicas": []})
+            pipe.multi()
+            if updated != existing:
+                pipe.set(key, updated.model_dump_json())
+                pipe.sadd(self._names_key, name)
+            outcome[:] = [(existing, updated)]
+
+        self.redis.transaction(attempt, key)
+        return outcome[0]
 
     @staticmethod
     def _record_from(
@@ -207,13 +217,12 @@ class RegistryStore:
             )
         now = self.clock()
         changes: list[str] = []
-        existing = self._existing_record(name)
-        record = self._record_from(name, existing, registration, now)
+        existing, record = self._change_record(
+            name, lambda current: self._record_from(name, current, registration, now)
+        )
         if existing is None:
-            self._save_record(record)
             changes.append("model_created")
-        elif record != existing.model_copy(update={"replicas": []}):
-            self._save_record(record)
+        elif record != existing:
             changes.append("model_updated")
 
         stored = StoredReplica(
@@ -265,12 +274,13 @@ class RegistryStore:
         self.publish(name, "model_deleted")
 
     def _update(self, name: str, change: str, **fields: Any) -> ModelRecord:
-        existing = self._existing_record(name)
-        if existing is None:
-            raise ModelNotFound(name)
-        updated = existing.model_copy(update=fields)
+        def apply(current: ModelRecord | None) -> ModelRecord:
+            if current is None:
+                raise ModelNotFound(name)
+            return current.model_copy(update=fields)
+
+        existing, updated = self._change_record(name, apply)
         if updated != existing:
-            self._save_record(updated)
             self.publish(name, change)
         return self.get(name)
 

@@ -110,3 +110,27 @@ def test_the_app_sweeps_in_the_background(redis_url: str, redis_client: redis.Re
         pubsub.close()
     finally:
         app.extensions["infergate_reaper"].stop()
+
+
+def test_concurrent_writers_lose_nothing(redis_client: redis.Redis, prefix: str) -> None:
+    """Heartbeats of many replicas racing with a domains update: every replica
+    and the update survive."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from infergate_common.registry_api import DomainsUpdate
+
+    store = RegistryStore(redis_client, prefix)
+    store.register("tiny", registration("http://seed", ttl_s=30))
+
+    def heartbeat(i: int) -> None:
+        for _ in range(5):
+            store.register("tiny", registration(f"http://replica-{i}", ttl_s=30))
+
+    with ThreadPoolExecutor(max_workers=9) as pool:
+        futures = [pool.submit(heartbeat, i) for i in range(8)]
+        futures.append(pool.submit(store.set_domains, "tiny", DomainsUpdate(domains=["example.com"])))
+        for future in futures:
+            future.result()
+    record = store.get("tiny")
+    assert record.domains == ["example.com"]
+    assert len(record.replicas) == 9
