@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from infergate_common.registry_api import ReplicaRegistration, changes_channel
+from infergate_common.registry_api import DomainsUpdate, ReplicaRegistration, changes_channel
 from infergate_common.worker_api import Backend, Task, WorkerInfo
 from infergate_registry.app import create_app
 from infergate_registry.settings import RegistrySettings
@@ -115,10 +116,6 @@ def test_the_app_sweeps_in_the_background(redis_url: str, redis_client: redis.Re
 def test_concurrent_writers_lose_nothing(redis_client: redis.Redis, prefix: str) -> None:
     """Heartbeats of many replicas racing with a domains update: every replica
     and the update survive."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from infergate_common.registry_api import DomainsUpdate
-
     store = RegistryStore(redis_client, prefix)
     store.register("tiny", registration("http://seed", ttl_s=30))
 
