@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import json
 import os
 import re
@@ -242,6 +243,7 @@ class LocalRelease:
     router_url: str
     registry_url: str
     worker: LocalPod
+    values: dict[str, Any]
 
     def pod(self, suffix: str) -> LocalPod:
         return next(p for name, p in self.cluster.pods.items() if name.endswith(suffix))
@@ -307,6 +309,7 @@ def local_release(
             f"http://127.0.0.1:{router.port}",
             f"http://127.0.0.1:{registry.port}",
             worker,
+            values,
         )
         processes[registry.name] = cluster.start(registry)
         processes[router.name] = cluster.start(router)
@@ -465,3 +468,36 @@ def test_auto_runtime_runs_the_vllm_launcher_as_the_chart_renders_it(
         response = openai(release, "POST", "/completions", json=body)
         assert response.status_code == 200, response.text
         assert 1 <= response.json()["usage"]["completion_tokens"] <= 4
+
+
+def notes_commands(notes: str) -> list[str]:
+    """The curl commands of NOTES.txt, continuation lines joined."""
+    commands, current = [], ""
+    for line in notes.splitlines():
+        stripped = line.strip()
+        if current or stripped.startswith("curl "):
+            current += stripped.removesuffix("\\") + " "
+            if not stripped.endswith("\\"):
+                commands.append(current.strip())
+                current = ""
+    return commands
+
+
+def test_notes_curl_commands_answer(listed: LocalRelease) -> None:
+    """The curl commands the install prints, run as printed, with the model's
+    host name resolved to the local router (as DNS would point it at the ingress)."""
+    chart = Chart(helm_binary())
+    values = copy.deepcopy(listed.values)
+    values["router"]["ingress"] = {"host": MODEL_HOST}
+    notes = chart.notes(values)
+    assert "export INFERGATE_API_KEY=" in notes
+    assert f'base_url="http://{MODEL_HOST}/openai/v1"' in notes
+    commands = notes_commands(notes)
+    assert len(commands) >= 3, notes
+    port = listed.router_url.rsplit(":", 1)[1]
+    env = {"PATH": "/usr/bin:/bin", "INFERGATE_API_KEY": API_KEY}
+    for command in commands:
+        local = command.replace("curl ", f"curl -fsS --connect-to {MODEL_HOST}:80:127.0.0.1:{port} ", 1)
+        result = subprocess.run(["sh", "-c", local], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+        assert isinstance(json.loads(result.stdout), dict)

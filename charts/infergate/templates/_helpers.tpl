@@ -162,6 +162,11 @@ helm.sh/chart: {{ include "infergate.chart" .root }}
 {{- $auth := "" }}
 {{- if or .root.Values.router.apiKeys .root.Values.router.apiKeysSecret.name }}
 {{- $auth = " -H \"Authorization: Bearer $INFERGATE_API_KEY\"" }}
+{{- $secret := .root.Values.router.apiKeysSecret.name | default (include "infergate.routerName" .root) }}
+
+The router wants an API key:
+
+  export INFERGATE_API_KEY=$(kubectl get secret -n {{ .root.Release.Namespace }} {{ $secret }} -o jsonpath='{.data.{{ .root.Values.router.apiKeysSecret.key }}}' | base64 -d | cut -d, -f1)
 {{- end }}
 
   curl{{ $auth }} {{ .base }}/openai/v1/models
