@@ -14,6 +14,11 @@ _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 def decode(tokenizer: Any, ids: list[int], skip_special_tokens: bool = True) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # The Rust tokenizer directly: the Python wrapper costs several times
+        # more, and the scheduler decodes after every token of every row.
+        return str(backend.decode(ids, skip_special_tokens=skip_special_tokens))
     return str(
         tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
     )

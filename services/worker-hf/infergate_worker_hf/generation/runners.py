@@ -84,6 +84,8 @@ class DecoderState:
     cache: Any
     # [rows, length]: 1 for real tokens, 0 for left padding.
     mask: torch.Tensor
+    # Whether no row has padding (the mask is all ones).
+    unpadded: bool = True
 
 
 class DecoderRunner(BatchRunner):
@@ -130,7 +132,8 @@ class DecoderRunner(BatchRunner):
     def step(self, state: DecoderState, tokens: torch.Tensor) -> tuple[DecoderState, torch.Tensor]:
         mask = torch.cat([state.mask, state.mask.new_ones((state.mask.shape[0], 1))], dim=1)
         kwargs: dict[str, Any] = {
-            "attention_mask": mask,
+            # Without padding the model may skip building a mask.
+            "attention_mask": None if state.unpadded else mask,
             "position_ids": mask.sum(dim=1, keepdim=True) - 1,
             "use_cache": True,
             self.cache_kwarg: state.cache,
@@ -138,7 +141,7 @@ class DecoderRunner(BatchRunner):
         if self.logits_to_keep:
             kwargs["logits_to_keep"] = 1
         output = self.model(input_ids=tokens[:, None], **kwargs)
-        return DecoderState(_output_cache(output), mask), output.logits[:, -1]
+        return DecoderState(_output_cache(output), mask, state.unpadded), output.logits[:, -1]
 
     @staticmethod
     def _pad_left(state: DecoderState, length: int) -> None:
@@ -149,6 +152,7 @@ class DecoderRunner(BatchRunner):
             layer.keys = F.pad(layer.keys, (0, 0, extra, 0))
             layer.values = F.pad(layer.values, (0, 0, extra, 0))
         state.mask = F.pad(state.mask, (extra, 0))
+        state.unpadded = False
 
     def merge(self, running: DecoderState | None, new: DecoderState) -> DecoderState:
         if running is None:
@@ -160,6 +164,7 @@ class DecoderRunner(BatchRunner):
             mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
             mine.values = torch.cat([mine.values, theirs.values], dim=0)
         running.mask = torch.cat([running.mask, new.mask], dim=0)
+        running.unpadded = running.unpadded and new.unpadded
         return running
 
     def select(self, state: DecoderState, keep: list[int]) -> DecoderState:
@@ -174,6 +179,7 @@ class DecoderRunner(BatchRunner):
                 layer.values = layer.values[..., first:, :]
             mask = mask[:, first:]
         state.mask = mask
+        state.unpadded = bool(mask.all())
         return state
 
 
