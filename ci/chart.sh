@@ -39,8 +39,10 @@ for entry in "${values_sets[@]}"; do
 done
 # kubernetes-validate knows only the built-in kinds: it warns (without
 # failing) on the add-ons' resources of the *-all-apis renderings.
+# Against the newest schemas and the oldest Kubernetes the chart supports (kubeVersion).
 say "chart: kubernetes-validate --strict"
 "$VALIDATE" --strict --quiet --no-warn "$RENDERED"/*.yaml
+"$VALIDATE" --strict --quiet --no-warn --kubernetes-version 1.25.0 "$RENDERED"/*.yaml
 
 # Each of these must be refused, by the schema or by a template's `required`.
 reject() {

@@ -255,6 +255,15 @@ def test_worker_probes_wait_for_the_model(chart: Chart, llama2: Manifests, bert:
     assert (startup["failureThreshold"], startup["periodSeconds"]) == (720, 10)
 
 
+def test_update_strategy_passes_through(chart: Chart) -> None:
+    strategy = {"type": "Recreate"}
+    manifests = chart.render(
+        {"models": {"a": {"modelId": "org/a", "strategy": strategy}, "b": {"modelId": "org/b"}}}
+    )
+    assert worker(chart, manifests, "a")["spec"]["strategy"] == strategy
+    assert "strategy" not in worker(chart, manifests, "b")["spec"]
+
+
 def test_gpu_models_tolerate_the_gpu_taint(chart: Chart, llama2: Manifests) -> None:
     pod = worker(chart, llama2, "llama2")["spec"]["template"]["spec"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
