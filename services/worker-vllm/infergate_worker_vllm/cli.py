@@ -9,6 +9,7 @@ not know is a vLLM engine flag, checked against vLLM's own parser.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -42,8 +43,12 @@ def _one_line(exc: ValidationError) -> str:
 def parse_args(argv: Sequence[str]) -> tuple[VllmWorkerSettings, list[str]]:
     """The settings (environment, overridden by flags) and the flags left
     for vLLM's engine."""
-    args, engine_argv = build_parser().parse_known_args(list(argv))
+    args, rest = build_parser().parse_known_args(list(argv))
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--exit_after_engine_death_s", "--exit-after-engine-death-s", type=float, default=None)
+    own_args, engine_argv = own.parse_known_args(rest)
     overrides = {key: value for key, value in vars(args).items() if value is not None}
+    overrides.update({key: value for key, value in vars(own_args).items() if value is not None})
     try:
         return load_settings(VllmWorkerSettings, **overrides), engine_argv
     except StartupError as exc:

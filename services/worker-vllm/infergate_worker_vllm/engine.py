@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -371,9 +373,8 @@ class VllmEngine(Engine):
         aborted = False
         try:
             if job.request_id not in self._cancelled:
-                async for output in self.llm.generate(
-                    {"prompt_token_ids": job.prompt.token_ids}, job.sampling, job.request_id
-                ):
+                engine_input = await self._engine_input(job.prompt.token_ids)
+                async for output in self.llm.generate(engine_input, job.sampling, job.request_id):
                     if job.request_id in self._cancelled and not aborted:
                         # A cancel that arrived before the engine knew the request.
                         aborted = True
@@ -410,6 +411,17 @@ class VllmEngine(Engine):
         )
         finish = {i: choice.finish or "abort" for i, choice in enumerate(choices)}
         return finish, usage, [choice.tokens for choice in choices]
+
+    async def _engine_input(self, token_ids: list[int]) -> Any:
+        """The prompt as vLLM's renderer prepares it (vLLM deprecates
+        handing raw prompts to ``generate``); releases without a renderer
+        take the token ids as they are."""
+        prompt = {"prompt_token_ids": token_ids}
+        render = getattr(getattr(self.llm, "renderer", None), "render_cmpl_async", None)
+        if render is None:
+            return prompt
+        (engine_input,) = await render([prompt])
+        return engine_input
 
     def _on_output(
         self,
@@ -451,6 +463,16 @@ class VllmEngine(Engine):
         for stream in list(self._streams.values()):
             self._write(stream, ErrorEvent(status=status, type=ServiceUnavailable.type, message=message))
 
+    def _exit_later(self) -> None:
+        """A dead engine does not come back (vLLM's own server exits too):
+        stop the worker after a grace period (streams get their error,
+        ``/readyz`` says why) so its supervisor starts a fresh one."""
+        delay = self.settings.exit_after_engine_death_s
+        if delay is None:
+            return
+        log.error("stopping the worker in %.1f s", delay)
+        self.loop.loop.call_later(delay, os.kill, os.getpid(), signal.SIGTERM)
+
     async def _watch(self) -> None:
         """Heartbeats for quiet streams (queued, or between slow tokens), and
         the engine's death: ``/readyz`` fails and every open stream ends."""
@@ -460,6 +482,7 @@ class VllmEngine(Engine):
                 self._dead = ENGINE_DEAD
                 log.error("the vLLM engine died; failing open streams", extra={"open": len(self._streams)})
                 await self._fail_open_streams(ENGINE_DEAD, 503)
+                self._exit_later()
             now = time.monotonic()
             for stream in list(self._streams.values()):
                 if now - stream.last_write >= HEARTBEAT_INTERVAL_S / 2:

@@ -15,3 +15,6 @@ class VllmWorkerSettings(HFWorkerSettings):
     # names and parsed values (``--gpu-memory-utilization 0.5`` ->
     # ``{"gpu_memory_utilization": 0.5}``).
     engine_flags: dict[str, Any] = Field(default_factory=dict)
+    # Seconds between the engine's death and the worker's exit (so that its
+    # supervisor restarts it); None keeps the process up, not ready.
+    exit_after_engine_death_s: float | None = Field(10.0, ge=0)
