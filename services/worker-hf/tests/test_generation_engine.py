@@ -10,10 +10,18 @@ from typing import Any
 
 import pytest
 import torch
-from generation_fixtures import EngineFactory, gen_engine_fixture, generate, request  # noqa: F401
+from generation_fixtures import (  # noqa: F401
+    EngineFactory,
+    gen_engine_fixture,
+    generate,
+    read_stream,
+    request,
+)
+from harness.redis_server import RedisServer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from infergate_common.errors import InfergateError, InvalidRequest
+from infergate_common.streams import DoneEvent, ErrorEvent
 from infergate_worker_hf.generation.detokenizer import REPLACEMENT
 
 GREEDY = {"temperature": 0, "max_tokens": 24, "ignore_eos": True}
@@ -254,3 +262,34 @@ def test_cancel_while_generating_aborts(llama) -> None:
     assert choice.finish_reason == "abort"
     assert choice.completion_tokens < 800
     assert not llama.cancel(req.request_id)
+
+
+def test_slow_generation_heartbeats_and_a_failure_ends_the_stream_with_error(
+    gen_engine: EngineFactory, redis_server: RedisServer, monkeypatch
+) -> None:
+    engine = gen_engine("tiny-llama", max_num_seqs=4)
+    runner = engine.scheduler.runner
+    original = runner.step
+    calls = {"n": 0}
+
+    def slow_then_failing(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            raise RuntimeError("injected failure")
+        time.sleep(0.8)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "step", slow_then_failing)
+    failing = request(stream=True, temperature=0, max_tokens=20, ignore_eos=True)
+    engine.start_stream(failing)
+    events = read_stream(redis_server.client(), engine.settings.stream_prefix, failing.request_id)
+    kinds = [type(event).__name__ for event in events]
+    assert "HeartbeatEvent" in kinds[kinds.index("DeltaEvent") :], kinds
+    assert isinstance(events[-1], ErrorEvent) and "injected failure" in events[-1].message
+    assert sum(isinstance(event, (DoneEvent, ErrorEvent)) for event in events) == 1
+    monkeypatch.setattr(runner, "step", original)
+    # The scheduler survived: the next stream completes.
+    ok = request(stream=True, temperature=0, max_tokens=4, ignore_eos=True)
+    engine.start_stream(ok)
+    events = read_stream(redis_server.client(), engine.settings.stream_prefix, ok.request_id)
+    assert isinstance(events[-1], DoneEvent) and events[-1].usage.completion_tokens == 4

@@ -50,18 +50,17 @@ def test_continuous_batching_multiplies_throughput(
 ) -> None:
     batched = gen_engine("tiny-llama", max_num_seqs=STREAMS)
     serial = gen_engine("tiny-llama", max_num_seqs=1)
-    ratios = []
     figures = []
-    # Alternating rounds, so both see the same load from other processes.
+    # Alternating rounds, so both see the same load from other processes;
+    # the best round of each is the least disturbed one.
     for _ in range(3):
         one = streamed_tokens_per_s(serial, redis_server)
-        many = streamed_tokens_per_s(batched, redis_server)
-        ratios.append(many / one)
-        figures.append((round(one), round(many)))
-    ratio = statistics.median(ratios)
-    print(f"\n{STREAMS} streams x {TOKENS} tokens, tokens/s (max_num_seqs 1, {STREAMS}): {figures}")
-    print(f"median ratio {ratio:.2f}x")
+        figures.append((one, streamed_tokens_per_s(batched, redis_server)))
+    ratio = max(many for _, many in figures) / max(one for one, _ in figures)
+    rounds = [(round(one), round(many)) for one, many in figures]
+    print(f"\n{STREAMS} streams x {TOKENS} tokens, tokens/s (max_num_seqs 1, {STREAMS}) per round: {rounds}")
+    print(f"best {ratio:.2f}x, median of rounds {statistics.median(m / o for o, m in figures):.2f}x")
     assert batched.scheduler.peak_rows == STREAMS
     assert serial.scheduler.peak_rows == 1
-    if ratio < 2.0:
+    if ratio < 3.0:
         pytest.fail(f"continuous batching gave only {ratio:.2f}x the tokens/s of one at a time")

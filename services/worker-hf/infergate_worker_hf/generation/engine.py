@@ -85,7 +85,7 @@ class GenerationEngine(HFEngine):
                 if self.outbox is None:
                     raise ServiceUnavailable("the generation engine is not running")
                 sink = self.outbox.open(request.request_id)
-            job = Job(prompt=prompt, sink=sink, max_model_len=loaded.max_model_len)
+            job = Job(prompt=prompt, sink=sink)
             job.choices = [
                 ChoiceState(job, index, loaded.tokenizer, texts) for index in range(prompt.params.n)
             ]

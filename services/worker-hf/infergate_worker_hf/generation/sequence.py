@@ -99,8 +99,8 @@ class ChoiceState:
         self._add_text(self.detokenizer.add(token))
         if self.finished:
             return
-        total = len(prompt.prompt_ids) + len(self.tokens)
-        if len(self.tokens) >= prompt.max_tokens or total >= self.job.max_model_len:
+        # max_tokens was checked against the context length at admission.
+        if len(self.tokens) >= prompt.max_tokens:
             self._finish("length")
 
     def _add_text(self, new_text: str) -> None:
@@ -144,7 +144,6 @@ class Job:
 
     prompt: PreparedPrompt
     sink: Sink
-    max_model_len: int
     choices: list[ChoiceState] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] | None = None
     cancelled: bool = False
