@@ -74,9 +74,10 @@ def test_v1_predict_generates(stack: Stack) -> None:
 
 
 def test_v1_predict_streams(stack: Stack) -> None:
-    body = {"instances": ["Hello"], "parameters": {"max_tokens": 10, "temperature": 0}}
+    parameters = {"max_tokens": 10, "temperature": 0}
+    body = {"instances": ["Hello"], "parameters": parameters}
     plain = requests.post(f"{stack.router_url}/v1/models/tiny-llm:predict", json=body, timeout=60).json()
-    streamed = {**body, "parameters": {**body["parameters"], "stream": True}}
+    streamed = {"instances": ["Hello"], "parameters": {**parameters, "stream": True}}
     with requests.post(
         f"{stack.router_url}/v1/models/tiny-llm:predict", json=streamed, stream=True, timeout=60
     ) as response:

@@ -8,6 +8,7 @@ import openai
 import pytest
 import requests
 from harness.stack import Stack, Worker
+from openai.types.chat import ChatCompletionMessageParam
 
 pytestmark = pytest.mark.usefixtures("tiny_llm")
 
@@ -85,11 +86,11 @@ def test_chat(client: openai.OpenAI) -> None:
 
 
 def test_streamed_chat(client: openai.OpenAI) -> None:
-    messages = [{"role": "user", "content": "Tell me a story"}]
-    plain = client.chat.completions.create(model="tiny-llm", messages=messages, max_tokens=20, temperature=0)  # type: ignore[arg-type]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me a story"}]
+    plain = client.chat.completions.create(model="tiny-llm", messages=messages, max_tokens=20, temperature=0)
     stream = client.chat.completions.create(
         model="tiny-llm",
-        messages=messages,  # type: ignore[arg-type]
+        messages=messages,
         max_tokens=20,
         temperature=0,
         stream=True,

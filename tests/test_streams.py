@@ -118,18 +118,19 @@ def test_resume_with_last_event_id(stack: Stack, null_worker: StartWorker) -> No
     assert "".join(chunk_text(e) for e in rest) == "".join(chunk_text(e) for e in first[cut + 1 :])
 
 
-def _unfinished_streams(client: redis.Redis, prefix: str) -> list[str]:
+def _unfinished_streams(client: redis.Redis, prefix: str) -> list[Any]:
     """Streams of the prefix whose last entry is neither ``done`` nor ``error``."""
     open_keys = []
     for key in client.scan_iter(f"{prefix}:stream:*", count=1000):
-        last = client.xrevrange(key, count=1)
+        last: Any = client.xrevrange(key, count=1)
         if not last or last[0][1].get("event") not in ("done", "error"):
             open_keys.append(key)
     return open_keys
 
 
 def _final_event(client: redis.Redis, key: str) -> dict[str, str]:
-    return client.xrevrange(key, count=1)[0][1]  # type: ignore[no-any-return]
+    last: Any = client.xrevrange(key, count=1)
+    return dict(last[0][1])
 
 
 def test_client_disconnect_frees_the_worker_slot_within_a_second(

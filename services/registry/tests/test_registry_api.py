@@ -34,6 +34,13 @@ def info(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
     return WorkerInfo(**fields).model_dump(mode="json")
 
 
+def body(response: Any) -> Any:
+    """The JSON of a test-client response (never None for the registry's answers)."""
+    data = response.get_json()
+    assert data is not None
+    return data
+
+
 def register(client: FlaskClient, name: str = "tiny", url: str = "http://127.0.0.1:9001", **body: Any) -> Any:
     payload = {"url": url, "info": info(name, **body.pop("info", {})), **body}
     return client.post(f"/registry/models/{name}/replicas", json=payload)
@@ -111,14 +118,14 @@ def test_empty_listing(client: FlaskClient) -> None:
 def test_unknown_model_is_404_in_the_error_shape(client: FlaskClient) -> None:
     response = client.get("/registry/models/nope")
     assert response.status_code == 404
-    error = response.json["error"]
+    error = body(response)["error"]
     assert error["code"] == "model_not_found"
     assert error["status"] == 404
     assert "nope" in error["message"]
 
 
 @pytest.mark.parametrize(
-    "body",
+    "payload",
     [
         {"url": "http://x"},
         {"url": "http://x", "info": {"name": "tiny"}},
@@ -126,10 +133,10 @@ def test_unknown_model_is_404_in_the_error_shape(client: FlaskClient) -> None:
         {"url": "http://x", "info": info(), "ttl_s": "soon"},
     ],
 )
-def test_malformed_registration_is_400(client: FlaskClient, body: dict[str, Any]) -> None:
-    response = client.post("/registry/models/tiny/replicas", json=body)
+def test_malformed_registration_is_400(client: FlaskClient, payload: dict[str, Any]) -> None:
+    response = client.post("/registry/models/tiny/replicas", json=payload)
     assert response.status_code == 400
-    assert response.json["error"]["type"] == "invalid_request_error"
+    assert body(response)["error"]["type"] == "invalid_request_error"
 
 
 def test_non_json_body_is_400(client: FlaskClient) -> None:
@@ -137,13 +144,13 @@ def test_non_json_body_is_400(client: FlaskClient) -> None:
         "/registry/models/tiny/replicas", data="{not json", content_type="application/json"
     )
     assert response.status_code == 400
-    assert response.json["error"]["status"] == 400
+    assert body(response)["error"]["status"] == 400
 
 
 def test_registration_under_another_name_is_refused(client: FlaskClient) -> None:
     response = client.post("/registry/models/other/replicas", json={"url": "http://x", "info": info("tiny")})
     assert response.status_code == 400
-    assert response.json["error"]["param"] == "info.name"
+    assert body(response)["error"]["param"] == "info.name"
 
 
 def test_invalid_model_name_is_refused(client: FlaskClient) -> None:
@@ -155,7 +162,7 @@ def test_unknown_route_and_method(client: FlaskClient) -> None:
     assert client.get("/registry/nothing").status_code == 404
     response = client.patch("/registry/models")
     assert response.status_code == 405
-    assert response.json["error"]["status"] == 405
+    assert body(response)["error"]["status"] == 405
 
 
 def test_heartbeat_renews_and_keeps_one_replica(client: FlaskClient) -> None:
@@ -194,7 +201,7 @@ def test_deregister_removes_the_replica(client: FlaskClient, changes: Changes) -
     changes.drain()
     response = client.delete("/registry/models/tiny/replicas", query_string={"url": "http://127.0.0.1:9001"})
     assert response.status_code == 200
-    assert [r["url"] for r in response.json["replicas"]] == ["http://127.0.0.1:9002"]
+    assert [r["url"] for r in body(response)["replicas"]] == ["http://127.0.0.1:9002"]
     assert changes.drain() == [("tiny", "replica_removed")]
     again = client.delete("/registry/models/tiny/replicas", query_string={"url": "http://127.0.0.1:9001"})
     assert again.status_code == 404
@@ -204,7 +211,7 @@ def test_deregister_needs_a_url(client: FlaskClient) -> None:
     register(client)
     response = client.delete("/registry/models/tiny/replicas")
     assert response.status_code == 400
-    assert response.json["error"]["param"] == "url"
+    assert body(response)["error"]["param"] == "url"
 
 
 def test_delete_model(client: FlaskClient, changes: Changes) -> None:
@@ -241,7 +248,7 @@ def test_invalid_domain_is_400(client: FlaskClient) -> None:
     register(client)
     response = client.put("/registry/models/tiny/domains", json={"domains": ["not a domain"]})
     assert response.status_code == 400
-    assert response.json["error"]["param"] == "domains"
+    assert body(response)["error"]["param"] == "domains"
 
 
 def test_domains_of_unknown_model_is_404(client: FlaskClient) -> None:
@@ -254,7 +261,7 @@ def test_set_aliases(client: FlaskClient, changes: Changes) -> None:
     changes.drain()
     response = client.put("/registry/models/tiny/aliases", json={"aliases": ["small", "gpt-tiny", "small"]})
     assert response.status_code == 200
-    assert response.json["aliases"] == ["small", "gpt-tiny"]
+    assert body(response)["aliases"] == ["small", "gpt-tiny"]
     assert changes.drain() == [("tiny", "aliases_updated")]
     # Setting the same aliases again changes nothing and announces nothing.
     client.put("/registry/models/tiny/aliases", json={"aliases": ["small", "gpt-tiny"]})
@@ -266,7 +273,7 @@ def test_alias_may_not_name_another_model(client: FlaskClient) -> None:
     register(client, "other", "http://127.0.0.1:9009")
     response = client.put("/registry/models/tiny/aliases", json={"aliases": ["other"]})
     assert response.status_code == 400
-    assert "other" in response.json["error"]["message"]
+    assert "other" in body(response)["error"]["message"]
 
 
 def test_worker_aliases_are_kept(client: FlaskClient) -> None:
@@ -297,6 +304,6 @@ def test_redis_down_is_503(redis_url: str, prefix: str) -> None:
     client = dead.test_client()
     response = client.get("/registry/models")
     assert response.status_code == 503
-    assert response.json["error"]["type"] == "service_unavailable_error"
+    assert body(response)["error"]["type"] == "service_unavailable_error"
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
