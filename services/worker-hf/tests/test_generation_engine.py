@@ -293,3 +293,32 @@ def test_slow_generation_heartbeats_and_a_failure_ends_the_stream_with_error(
     engine.start_stream(ok)
     events = read_stream(redis_server.client(), engine.settings.stream_prefix, ok.request_id)
     assert isinstance(events[-1], DoneEvent) and events[-1].usage.completion_tokens == 4
+
+
+def test_more_choices_than_slots_run_alone(gen_engine: EngineFactory) -> None:
+    engine = gen_engine("tiny-llama", max_num_seqs=3)
+    response = generate(engine, n=5, temperature=1.0, seed=1, max_tokens=4, ignore_eos=True)
+    assert len(response.choices) == 5
+    assert response.usage.completion_tokens == 20
+
+
+def test_top_k_one_is_greedy(llama) -> None:
+    sampled = generate(llama, temperature=1.5, top_k=1, max_tokens=24, ignore_eos=True)
+    assert texts(sampled) == texts(generate(llama, **GREEDY))
+
+
+def test_a_request_id_in_use_is_refused(llama) -> None:
+    req = request(temperature=0, max_tokens=600, ignore_eos=True)
+    thread = threading.Thread(target=llama.generate, args=(req,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while req.request_id not in llama._jobs:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        with pytest.raises(InvalidRequest, match="already generating") as caught:
+            llama.generate(req)
+        assert caught.value.status == 409
+    finally:
+        llama.cancel(req.request_id)
+        thread.join(20)
