@@ -3,6 +3,7 @@ models, its banner's curl commands work, and Ctrl-C stops every process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -67,10 +68,22 @@ class LocalStack:
         os.killpg(self.process.pid, signal.SIGINT)
         return self.process.wait(timeout=timeout_s)
 
+    def children(self) -> list[int]:
+        """honcho's processes; each leads a session (and process group) of its own."""
+        found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
+        return [int(pid) for pid in found.stdout.split()]
+
     def kill(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+            children = self.children()
+            try:
+                self.interrupt(timeout_s=20)
+            except subprocess.TimeoutExpired:
+                for pid in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
         self._out.close()
 
 
@@ -179,11 +192,12 @@ def test_banner_curl_commands_work(local_stack: LocalStack) -> None:
 
 
 def test_ctrl_c_stops_everything(local_stack: LocalStack) -> None:
+    children = local_stack.children()
+    assert len(children) == 6  # redis, registry, router, two workers, the banner
     assert local_stack.interrupt() in (0, 130, -signal.SIGINT)
     for name, port in local_stack.ports.items():
         assert _port_free(port), f"{name} {port} still bound after Ctrl-C"
     assert _port_free(local_stack.ports["WORKER_PORT"] + 1)
-    leftover = subprocess.run(
-        ["pgrep", "-g", str(local_stack.process.pid)], capture_output=True, text=True
-    ).stdout.split()
-    assert leftover == [], f"processes left in the stack's group: {leftover}"
+    for pid in children:
+        found = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
+        assert found == [], f"processes left in the group of {pid}: {found}"
