@@ -25,8 +25,9 @@ class Context:
     def pick(self, quick: T, full: T) -> T:
         return full if self.full else quick
 
-    def profile_path(self, scenario: str) -> Path:
-        return self.results / f"{self.prefix}-{scenario}.pyspy.txt"
+    def profile_path(self, scenario: str, process: str = "router") -> Path:
+        suffix = "" if process == "router" else f"-{process}"
+        return self.results / f"{self.prefix}-{scenario}{suffix}.pyspy.txt"
 
     def scenario_dir(self, scenario: str) -> Path:
         path = self.workdir / scenario
@@ -72,6 +73,8 @@ class ScenarioResult:
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     profile: dict[str, Any] | None = None
+    # Profiles of other processes (a worker), by process name.
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: str = ""
     trace: str = ""
 
@@ -85,6 +88,7 @@ class ScenarioResult:
             "targets": [t.as_dict() for t in self.targets],
             "notes": self.notes,
             "profile": self.profile,
+            "profiles": self.profiles,
             "runs": self.runs,
             "trace": self.trace,
         }

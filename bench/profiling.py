@@ -4,6 +4,7 @@ the results, and the functions that took the most samples."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import shutil
 import signal
 import subprocess
@@ -20,10 +21,13 @@ def _py_spy() -> str | None:
 
 
 @contextlib.contextmanager
-def py_spy_record(pid: int, out: Path, rate: int = 250) -> Iterator[dict[str, Any]]:
+def py_spy_record(
+    pid: int, out: Path, rate: int = 250, subprocesses: bool = False
+) -> Iterator[dict[str, Any]]:
     """Record ``pid`` while the block runs; the dict gets ``path`` (collapsed
-    stacks, one ``frame;frame;... count`` line each) and ``top`` (the
-    functions with the most samples, self and total), or ``error``."""
+    stacks, one ``frame;frame;... count`` line each, gzipped next to
+    ``out``) and ``top`` (the functions with the most samples, self and
+    total), or ``error``."""
     info: dict[str, Any] = {}
     binary = _py_spy()
     if binary is None:
@@ -32,11 +36,11 @@ def py_spy_record(pid: int, out: Path, rate: int = 250) -> Iterator[dict[str, An
         return
     log = out.with_suffix(".log")
     with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-             "--nonblocking", "--output", str(out)],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        cmd = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+               "--nonblocking", "--output", str(out)]  # fmt: skip
+        if subprocesses:
+            cmd.append("--subprocesses")
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             yield info
         finally:
@@ -47,8 +51,12 @@ def py_spy_record(pid: int, out: Path, rate: int = 250) -> Iterator[dict[str, An
                 proc.kill()
                 proc.wait()
     if out.exists():
-        info["path"] = out.name
         info["top"] = top_functions(out)
+        packed = out.with_name(out.name + ".gz")
+        with open(out, "rb") as raw, gzip.open(packed, "wb") as gz:
+            shutil.copyfileobj(raw, gz)
+        out.unlink()
+        info["path"] = packed.name
         log.unlink(missing_ok=True)
     else:
         info["error"] = log.read_text(errors="replace")[-500:]

@@ -112,14 +112,16 @@ def markdown(ctx: Context, mode: str, machine: dict[str, Any], results: list[Sce
             ]
         if result.profile:
             out += _profile(result.profile)
+        for process, profile in result.profiles.items():
+            out += _profile(profile, process)
         out += [f"- {note}" for note in result.notes]
     return "\n".join(out).rstrip() + "\n"
 
 
-def _profile(profile: dict[str, Any]) -> list[str]:
+def _profile(profile: dict[str, Any], process: str = "router") -> list[str]:
     if "error" in profile:
-        return [f"Profile failed: {profile['error']}", ""]
-    lines = [f"Router profile (py-spy, `{profile.get('path')}`), share of samples:", ""]
+        return [f"Profile of the {process} failed: {profile['error']}", ""]
+    lines = [f"Profile of the {process} (py-spy, `{profile.get('path')}`), share of samples:", ""]
     top = profile.get("top") or {}
     rows = [[name, share] for name, share in (top.get("self") or [])[:12]]
     lines += [*_table(["function (self)", "%"], rows), ""]

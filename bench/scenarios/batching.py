@@ -19,6 +19,7 @@ from ..client import Call
 from ..context import Context, ScenarioResult, at_least, ms, run_async
 from ..loadgen import fresh_run
 from ..models import ensure_test_models, worker_hf
+from ..profiling import py_spy_record
 from ..stacks import BenchStack
 
 NAME = "batching"
@@ -72,13 +73,18 @@ def run(ctx: Context) -> ScenarioResult:
 
         def serve(
             name: str, model: str, flags: list[str], calls: Callable[[str], list[tuple[Call, int, int]]]
-        ):
+        ) -> list[dict[str, Any]]:
             worker = stack.start_worker(name, worker_hf(name, models / model, *flags))
             try:
                 stack.wait_routable(name)
                 out = []
                 for call, c, count in calls(name):
                     out.append(run_async(fresh_run(call, c, count, duration, warmup=c)).summary())
+                if ctx.profile:
+                    call, c, count = calls(name)[0]
+                    with py_spy_record(worker.process.pid, ctx.profile_path(NAME, name)) as info:
+                        run_async(fresh_run(call, c, count, duration / 2))
+                    result.profiles[name] = info
                 return out
             finally:
                 stack.stop_worker(worker)

@@ -15,6 +15,7 @@ from ..client import Call
 from ..context import Context, ScenarioResult, at_least, below, diff, ms, run_async
 from ..loadgen import fresh_run
 from ..models import ensure_test_models
+from ..profiling import py_spy_record
 from ..stacks import ROOT, BenchStack, Process, free_port
 
 NAME = "vllm"
@@ -70,6 +71,20 @@ def _vllm_server(stack: BenchStack, model_dir: Path) -> tuple[Process, str]:
         process.stop()
         raise
     return process, f"{url}/v1"
+
+
+def _profile(
+    ctx: Context, result: ScenarioResult, stack: BenchStack, worker_pid: int, call: Call, duration: float
+) -> None:
+    """Our path again at 8 streams under py-spy: the router and worker-vllm
+    (with its engine subprocess)."""
+    with (
+        py_spy_record(stack.router_pids()[0], ctx.profile_path(NAME)) as router,
+        py_spy_record(worker_pid, ctx.profile_path(NAME, "worker"), subprocesses=True) as worker,
+    ):
+        run_async(fresh_run(call, 8, 16, duration))
+    result.profile = router
+    result.profiles["worker-vllm"] = worker
 
 
 def run(ctx: Context) -> ScenarioResult:
