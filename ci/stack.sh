@@ -154,7 +154,7 @@ if [ -n "${MODEL_ID:-}" ]; then
         offline=no
     fi
     name="${MODEL_NAME:-$(basename "$model")}"
-    name="$(printf '%s' "$name" | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9._:-]/-/g' -e 's/^[^a-z0-9]*//')"
+    name="$(printf '%s' "$name" | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9._-]/-/g' -e 's/^[^a-z0-9]*//')"
     [ -n "$name" ] || { echo "cannot make a model name from '$MODEL_ID': set MODEL_NAME" >&2; exit 2; }
     launcher=no
     if [ "$BACKEND" = vllm ] || { [ "$BACKEND" = auto ] && [ -x "$VLLM_PY" ]; }; then launcher=yes; fi

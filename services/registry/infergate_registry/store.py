@@ -37,8 +37,9 @@ from infergate_common.registry_api import (
 )
 from infergate_common.worker_api import WorkerInfo
 
-# Names travel in URL paths, host names and the expiry set's members.
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+# Names travel in URL paths (``/v1/models/<name>:predict``, so no ':'), host
+# names and the expiry set's members.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 # Removes every expired replica atomically, so a heartbeat that lands between
 # reading and deleting is never lost. Returns the removed members.
@@ -74,7 +75,7 @@ class StoredReplica(BaseModel):
 def check_name(name: str) -> str:
     if not MODEL_NAME.match(name):
         raise InvalidRequest(
-            f"invalid model name {name!r}: letters, digits, '.', '_', ':' and '-', at most 200",
+            f"invalid model name {name!r}: letters, digits, '.', '_' and '-', at most 200",
             param="name",
         )
     return name

@@ -153,8 +153,9 @@ def test_registration_under_another_name_is_refused(client: FlaskClient) -> None
     assert body(response)["error"]["param"] == "info.name"
 
 
-def test_invalid_model_name_is_refused(client: FlaskClient) -> None:
-    response = register(client, "bad name")
+@pytest.mark.parametrize("name", ["bad name", "has:colon", "-leading-dash"])
+def test_invalid_model_name_is_refused(client: FlaskClient, name: str) -> None:
+    response = register(client, name)
     assert response.status_code == 400
 
 
