@@ -43,7 +43,11 @@ class GenerationEngine(HFEngine):
         self.eos_ids = eos_token_ids(loaded)
         self.outbox = StreamOutbox(self.redis, self.settings.stream_prefix)
         self.scheduler = Scheduler(
-            runner_for(loaded), self.texts, loaded.tokenizer, max_num_seqs=self.settings.max_num_seqs
+            runner_for(loaded),
+            self.texts,
+            loaded.tokenizer,
+            max_num_seqs=self.settings.max_num_seqs,
+            after_iteration=self.outbox.flush,
         )
         self.scheduler.start()
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..loading import LoadedModel
+from .growable_cache import growable_cache, mergeable, plain_layers
 from .sequence import Job
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,13 @@ class DecoderRunner(BatchRunner):
     jobs_per_prefill = 1
     description = "continuous"
 
-    def _check_cache(self, cache: Any) -> None:
-        from transformers.cache_utils import DynamicLayer
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__(loaded)
+        self.growable = plain_layers(loaded.config)
 
+    def _check_cache(self, cache: Any) -> None:
         layers = getattr(cache, "layers", None)
-        if layers is None or any(type(layer) is not DynamicLayer for layer in layers):
+        if layers is None or not all(mergeable(layer) for layer in layers):
             # Sliding-window or other special layers cannot be merged by
             # padding: serve one request at a time instead.
             if self.joins_running:
@@ -116,6 +119,8 @@ class DecoderRunner(BatchRunner):
         }
         if self.logits_to_keep and not job.wants_prompt_logprobs:
             kwargs["logits_to_keep"] = 1
+        if self.growable:
+            kwargs[self.cache_kwarg] = growable_cache()
         output = self.model(input_ids=ids, **kwargs)
         cache = _output_cache(output)
         self._check_cache(cache)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,8 +39,18 @@ def _internal(exc: Exception) -> InfergateError:
 
 
 class Scheduler:
-    def __init__(self, runner: BatchRunner, texts: TokenTexts, tokenizer: Any, max_num_seqs: int) -> None:
+    def __init__(
+        self,
+        runner: BatchRunner,
+        texts: TokenTexts,
+        tokenizer: Any,
+        max_num_seqs: int,
+        after_iteration: Callable[[], None] | None = None,
+    ) -> None:
         self.runner = runner
+        # Called after every admission round and decoding step (sends the
+        # stream entries they produced).
+        self.after_iteration = after_iteration
         self.texts = texts
         self.tokenizer = tokenizer
         self.max_num_seqs = max_num_seqs
@@ -93,16 +104,27 @@ class Scheduler:
                 except Exception as exc:
                     log.exception("generation step failed")
                     self._fail_running(_internal(exc))
+                self._after_iteration()
         error = ServiceUnavailable("the generation engine stopped")
         self._fail_running(error)
         with self._wakeup:
             waiting, self._waiting = list(self._waiting), collections.deque()
         for job in waiting:
             job.fail(error)
+        self._after_iteration()
+
+    def _after_iteration(self) -> None:
+        if self.after_iteration is None:
+            return
+        try:
+            self.after_iteration()
+        except Exception:
+            log.exception("after-iteration hook failed")
 
     def _iteration(self) -> None:
         self._drop_cancelled()
         self._admit()
+        self._after_iteration()
         if not self.rows:
             with self._wakeup:
                 if not self._waiting and not self._stopped.is_set():

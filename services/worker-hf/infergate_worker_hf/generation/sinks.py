@@ -38,14 +38,57 @@ class Sink:
         """The job failed."""
 
 
+# The most queued writes sent to Redis in one round trip.
+MAX_WRITES_PER_FLUSH = 512
+
+
+class _PipelinedRedis:
+    """The Redis client the outbox's StreamWriters see: while the outbox
+    flushes, their commands join one pipeline (one round trip for every
+    entry queued since the last flush) instead of one round trip each."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self.current: Any = None
+
+    def xadd(self, *args: Any, **kwargs: Any) -> Any:
+        target = self.current if self.current is not None else self.redis
+        return target.xadd(*args, **kwargs)
+
+    def pipeline(self, transaction: bool = False) -> Any:
+        if self.current is None:
+            return self.redis.pipeline(transaction=transaction)
+        return _JoinedPipeline(self.current)
+
+
+class _JoinedPipeline:
+    """A StreamWriter's own pipeline, folded into the outbox's."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    def xadd(self, *args: Any, **kwargs: Any) -> None:
+        self.pipeline.xadd(*args, **kwargs)
+
+    def expire(self, *args: Any, **kwargs: Any) -> None:
+        self.pipeline.expire(*args, **kwargs)
+
+    def execute(self) -> list[Any]:
+        return []
+
+
 class StreamOutbox:
     """Writes stream entries in order on its own thread, with heartbeats."""
 
     def __init__(self, redis: Any, prefix: str, heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
-        self.redis = redis
+        self.redis = _PipelinedRedis(redis)
         self.prefix = prefix
         self.heartbeat_interval_s = heartbeat_interval_s
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Callable[[], None]] | None] = queue.SimpleQueue()
+        # Writes of the current scheduler step, queued together by flush():
+        # one hand-over to the writer thread per step, not one per token.
+        self._pending: list[Callable[[], None]] = []
+        self._pending_lock = threading.Lock()
         self._active: dict[int, StreamSink] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -61,7 +104,18 @@ class StreamOutbox:
         return sink
 
     def submit(self, write: Callable[[], None]) -> None:
-        self._queue.put(write)
+        with self._pending_lock:
+            self._pending.append(write)
+
+    def flush(self) -> None:
+        """Hand the writes submitted so far to the writer thread."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            self._queue.put(pending)
+
+    def submit_now(self, write: Callable[[], None]) -> None:
+        self._queue.put([write])
 
     def release(self, sink: StreamSink) -> None:
         with self._lock:
@@ -69,13 +123,30 @@ class StreamOutbox:
 
     def _write_loop(self) -> None:
         while True:
-            write = self._queue.get()
-            if write is None:
+            batches = [self._queue.get()]
+            while sum(len(batch or ()) for batch in batches) < MAX_WRITES_PER_FLUSH:
+                try:
+                    batches.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._flush([write for batch in batches if batch is not None for write in batch])
+            if None in batches:
                 return
-            try:
+
+    def _flush(self, writes: list[Callable[[], None]]) -> None:
+        if not writes:
+            return
+        pipeline = self.redis.redis.pipeline(transaction=False)
+        self.redis.current = pipeline
+        try:
+            for write in writes:
                 write()
-            except Exception:
-                log.exception("writing a stream entry failed")
+        finally:
+            self.redis.current = None
+        try:
+            pipeline.execute()
+        except Exception:
+            log.exception("writing %d stream entries failed", len(writes))
 
     def _heartbeat_loop(self) -> None:
         # Silence of half the interval triggers a heartbeat, so readers see
@@ -90,6 +161,7 @@ class StreamOutbox:
 
     def close(self, timeout: float = 5.0) -> None:
         self._stopped.set()
+        self.flush()
         self._queue.put(None)
         self._writer.join(timeout)
 
@@ -107,7 +179,8 @@ class StreamSink(Sink):
         self.outbox.submit(write)
 
     def heartbeat(self) -> None:
-        self._send(self.writer.heartbeat)
+        self.last_sent = time.monotonic()
+        self.outbox.submit_now(self.writer.heartbeat)
 
     def progress(self, choice: ChoiceState) -> None:
         end = choice.releasable()
