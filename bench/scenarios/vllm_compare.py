@@ -117,11 +117,10 @@ def run(ctx: Context) -> ScenarioResult:
         worker = stack.start_worker(MODEL, cmd, timeout_s=300)
         try:
             stack.wait_routable(MODEL)
-            ours = _sweep(
-                stream_call("router + worker-vllm", f"{stack.router_url}/openai/v1", MODEL, tokens),
-                waves,
-                duration,
-            )
+            call = stream_call("router + worker-vllm", f"{stack.router_url}/openai/v1", MODEL, tokens)
+            ours = _sweep(call, waves, duration)
+            if ctx.profile:
+                _profile(ctx, result, stack, worker.process.pid, call, duration)
         finally:
             stack.stop_worker(worker)
 
