@@ -174,3 +174,17 @@ def test_queued_stream_heartbeats_and_cancel_frees_the_slot(
     # The slot was freed at the next token: the queued request ran at once.
     assert time.monotonic() - cancelled_at < 5
     assert worker.post(f"/cancel/{long_id}", {}).json() == {"cancelled": False}
+
+
+def test_t5_over_http(models: Path, hf_worker: StartWorker, redis_server: RedisServer) -> None:
+    t5 = hf_worker(models / "tiny-t5")
+    info = t5.info()
+    assert info["task"] == "text2text_generation" and info["encoder_decoder"] is True
+    expected = complete(t5, "translate: we are making words", **GREEDY)
+    assert expected["choices"][0]["completion_tokens"] == 40
+    events = stream(redis_server, start_stream(t5, "translate: we are making words", **GREEDY))
+    check_stream_shape(events, 1)
+    assert joined(events) == expected["choices"][0]["text"]
+    echo = t5.post("/generate", body("translate: hi", echo=True, max_tokens=4))
+    assert echo.status_code == 400
+    assert "encoder-decoder" in echo.json()["error"]["message"]

@@ -107,3 +107,33 @@ def test_logprobs_are_the_model_distribution() -> None:
     assert pick.token == 2
     assert pick.logprob == pytest.approx(float(expected[2]))
     assert [t for t, _ in pick.top] == [2, 1]
+
+
+def test_growable_layer_matches_concatenation() -> None:
+    from transformers.cache_utils import DynamicLayer
+
+    from infergate_worker_hf.generation.growable_cache import GrowableLayer
+
+    generator = torch.Generator().manual_seed(0)
+    grown, plain = GrowableLayer(), DynamicLayer()
+
+    def step(length: int) -> None:
+        keys = torch.randn(3, 2, length, 4, generator=generator)
+        values = torch.randn(3, 2, length, 4, generator=generator)
+        got = grown.update(keys, values)
+        want = plain.update(keys, values)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+    step(5)
+    for _ in range(20):
+        step(1)
+    # Batch edits assign whole tensors, as the runner and DynamicLayer do.
+    for layer in (grown, plain):
+        layer.batch_select_indices(torch.tensor([0, 2]))
+        layer.keys = layer.keys[..., 3:, :]
+        layer.values = layer.values[..., 3:, :]
+    assert grown.get_seq_length() == plain.get_seq_length() == 22
+    for _ in range(3):
+        keys, values = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+        got, want = grown.update(keys, values), plain.update(keys, values)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
