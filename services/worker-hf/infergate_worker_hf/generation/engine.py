@@ -18,7 +18,7 @@ from .prompts import eos_token_ids, prepare_prompt
 from .runners import runner_for
 from .scheduler import Scheduler
 from .sequence import ChoiceState, Job
-from .sinks import Sink, StreamOutbox
+from .sinks import Sink, StreamOutbox, StreamSink
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,21 @@ class GenerationEngine(HFEngine):
             ]
             job.listeners.append(self._forget)
             self._jobs[request.request_id] = job
-        scheduler.submit(job)
+        try:
+            scheduler.submit(job)
+        except Exception:
+            self._forget(job)
+            if isinstance(sink, StreamSink):
+                sink.outbox.release(sink)
+            raise
         return job
 
     def _forget(self, job: Job) -> None:
         with self._jobs_lock:
             if self._jobs.get(job.request_id) is job:
                 del self._jobs[job.request_id]
+        if job.completed.is_set():
+            log.info("generation finished", extra={"request_id": job.request_id, **job.summary()})
 
     def generate(self, request: GenerateRequest) -> GenerateResponse:
         job = self._submit(request, Sink())

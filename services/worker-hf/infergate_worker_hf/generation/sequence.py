@@ -89,6 +89,8 @@ class ChoiceState:
         offset_before = len(self.text)
         self.tokens.append(token)
         self.unsent_tokens += 1
+        if self.job.first_token_at is None:
+            self.job.first_token_at = time.monotonic()
         if self.logprobs is not None:
             entry = self._logprob_entry(picked, offset_before)
             self.logprobs.append(entry)
@@ -151,6 +153,7 @@ class Job:
     error: InfergateError | None = None
     response: GenerateResponse | None = None
     created: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
     # Called once the job answered (done or error).
     listeners: list[Callable[[Job], None]] = field(default_factory=list)
 
@@ -172,6 +175,20 @@ class Job:
         return Usage(
             prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
         )
+
+    def summary(self) -> dict[str, Any]:
+        """Token figures for the log: counts, time to first token, rate."""
+        elapsed = time.monotonic() - self.created
+        usage = self.usage()
+        first = self.first_token_at
+        return {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "finish_reasons": [choice.finish_reason for choice in self.choices],
+            "ttft_ms": round((first - self.created) * 1000, 1) if first is not None else None,
+            "duration_ms": round(elapsed * 1000, 1),
+            "tokens_per_s": round(usage.completion_tokens / elapsed, 1) if elapsed > 0 else None,
+        }
 
     def all_finished(self) -> bool:
         return bool(self.choices) and all(choice.finished for choice in self.choices)
