@@ -322,3 +322,38 @@ def test_a_request_id_in_use_is_refused(llama) -> None:
     finally:
         llama.cancel(req.request_id)
         thread.join(20)
+
+
+def test_many_streams_with_cancels_all_end_exactly_once(
+    gen_engine: EngineFactory, redis_server: RedisServer
+) -> None:
+    engine = gen_engine("tiny-llama", max_num_seqs=4)
+    requests = [
+        request(
+            PROMPTS[i % len(PROMPTS)],
+            stream=True,
+            n=1 + i % 3,
+            temperature=(i % 2) * 0.9,
+            max_tokens=5 + (i * 7) % 40,
+            ignore_eos=True,
+            stop=["ab"] if i % 4 == 0 else [],
+            logprobs=1 if i % 5 == 0 else None,
+        )
+        for i in range(16)
+    ]
+    for req in requests:
+        engine.start_stream(req)
+    for req in requests[::3]:
+        engine.cancel(req.request_id)
+    client = redis_server.client()
+    for req in requests:
+        events = read_stream(client, engine.settings.stream_prefix, req.request_id)
+        finals = [e for e in events if isinstance(e, (DoneEvent, ErrorEvent))]
+        assert len(finals) == 1 and events[-1] is finals[0], events[-3:]
+        done = finals[0]
+        assert isinstance(done, DoneEvent)
+        assert set(done.finish_reasons) == {str(i) for i in range(req.params.n)}
+        streamed = sum(getattr(e, "tokens", 0) for e in events)
+        assert streamed == done.usage.completion_tokens
+    assert engine.scheduler.load() == {"running": 0, "waiting": 0}
+    assert not engine._jobs
