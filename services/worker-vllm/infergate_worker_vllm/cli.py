@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -73,6 +74,9 @@ def serve_vllm(
     from .engine import VllmEngine
     from .engine_args import parse_engine_flags, resolve_engine_args, visible_gpu_count
 
+    if os.environ.get("ALLOW_LONG_MAX_MODEL_LEN") == "1":
+        # KServe's escape for a context above the model's lets vLLM through too.
+        os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
     settings.engine_flags = parse_engine_flags(engine_argv)
     gpus = visible_gpu_count()
     engine_args = resolve_engine_args(settings, gpus)
