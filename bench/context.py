@@ -21,6 +21,8 @@ class Context:
     profile: bool = False
     log_level: str = "WARNING"
     models_dir: Path | None = None
+    # torch threads of the worker-hf processes in the batching scenario.
+    worker_threads: int = 1
 
     def pick(self, quick: T, full: T) -> T:
         return full if self.full else quick

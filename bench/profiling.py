@@ -63,10 +63,12 @@ def py_spy_record(
 
 
 def top_functions(collapsed: Path, limit: int = 15) -> dict[str, list[tuple[str, float]]]:
-    """Share of samples per function: ``self`` (the innermost frame) and
-    ``total`` (anywhere on the stack)."""
+    """Share of samples per function: ``self`` (the innermost frame),
+    ``total`` (anywhere on the stack) and ``ours`` (the innermost infergate
+    function, with the library code it called: where our code spends)."""
     own: Counter[str] = Counter()
     anywhere: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
     samples = 0
     for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -80,10 +82,13 @@ def top_functions(collapsed: Path, limit: int = 15) -> dict[str, list[tuple[str,
         own[frames[-1]] += count
         for frame in set(frames):
             anywhere[frame] += count
+        # py-spy's --subprocesses adds a root frame per process, named after its command line.
+        code = [f for f in frames if not f.startswith("process ")]
+        ours[next((f for f in reversed(code) if "infergate_" in f), "(outside infergate code)")] += count
     if not samples:
-        return {"self": [], "total": []}
+        return {"self": [], "total": [], "ours": []}
 
     def shares(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(name, round(100 * n / samples, 1)) for name, n in counter.most_common(limit)]
 
-    return {"self": shares(own), "total": shares(anywhere)}
+    return {"self": shares(own), "total": shares(anywhere), "ours": shares(ours)}

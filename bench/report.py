@@ -123,6 +123,9 @@ def _profile(profile: dict[str, Any], process: str = "router") -> list[str]:
         return [f"Profile of the {process} failed: {profile['error']}", ""]
     lines = [f"Profile of the {process} (py-spy, `{profile.get('path')}`), share of samples:", ""]
     top = profile.get("top") or {}
+    rows = [[name, share] for name, share in (top.get("ours") or [])[:12]]
+    if rows:
+        lines += [*_table(["infergate function (with what it calls)", "%"], rows), ""]
     rows = [[name, share] for name, share in (top.get("self") or [])[:12]]
     lines += [*_table(["function (self)", "%"], rows), ""]
     rows = [[name, share] for name, share in (top.get("total") or [])[:12]]

@@ -8,7 +8,9 @@
   against the tiny Llama, ``--max_num_seqs 16`` against ``--max_num_seqs 1``
   (which serves them one at a time).
 
-Each worker runs alone (the other is stopped), with OMP_NUM_THREADS=1."""
+Each worker runs alone (the other is stopped), with ``--worker_threads``
+torch threads (1 by default: the router and the load generator share the
+cores)."""
 
 from __future__ import annotations
 
@@ -74,7 +76,8 @@ def run(ctx: Context) -> ScenarioResult:
         def serve(
             name: str, model: str, flags: list[str], calls: Callable[[str], list[tuple[Call, int, int]]]
         ) -> list[dict[str, Any]]:
-            worker = stack.start_worker(name, worker_hf(name, models / model, *flags))
+            threads = ["--torch_threads", str(ctx.worker_threads)]
+            worker = stack.start_worker(name, worker_hf(name, models / model, *flags, *threads))
             try:
                 stack.wait_routable(name)
                 out = []
