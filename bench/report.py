@@ -156,9 +156,11 @@ def plot(results: list[ScenarioResult], path: Path, title: str) -> bool:
     if relay and any(r.get("relay_cdf_ms") for r in relay.runs):
         panels.append(("relay_cdf", relay))
         panels.append(("relay_tps", relay))
-    for name in ("batching", "vllm"):
-        if by_name.get(name) and by_name[name].rows:
-            panels.append((name, by_name[name]))
+    batching = by_name.get("batching")
+    if batching and batching.rows:
+        panels += [("batching:requests/s", batching), ("batching:tokens/s", batching)]
+    if by_name.get("vllm") and by_name["vllm"].rows:
+        panels.append(("vllm", by_name["vllm"]))
     if not panels:
         return False
     cols = 2
@@ -191,7 +193,8 @@ def _panel(ax: Any, kind: str, result: ScenarioResult) -> None:
         )
     elif kind == "relay_cdf":
         for run in runs:
-            _cdf(ax, run, "relay_cdf_ms", f"{run['label'].split()[0]} {run['concurrency']} streams")
+            unpaced = "" if run.get("paced", True) else " unpaced"
+            _cdf(ax, run, "relay_cdf_ms", f"{run['label'].split()[0]} {run['concurrency']} streams{unpaced}")
         ax.set(xscale="log", xlabel="worker XADD to client receipt (ms, log)", ylabel="percentile",
                title="Per-token relay latency")  # fmt: skip
     elif kind == "relay_tps":
@@ -212,11 +215,11 @@ def _panel(ax: Any, kind: str, result: ScenarioResult) -> None:
             pts = [(row["concurrency"], row[key]) for row in result.rows]
             ax.plot(*zip(*pts, strict=True), marker="o", label=name)
         ax.set(xscale="log", xlabel="concurrent streams", ylabel="output tokens/s", title=result.title)
-    elif kind == "batching":
-        labels = [str(row.get("case") or row.get("label")) for row in result.rows]
-        values = [row.get("throughput") or 0 for row in result.rows]
-        ax.barh(labels, values)
-        ax.set(xlabel=str(result.rows[0].get("unit", "")), title=result.title)
+    elif kind.startswith("batching:"):
+        unit = kind.partition(":")[2]
+        rows = [row for row in result.rows if row.get("unit") == unit]
+        ax.barh([str(row["case"]) for row in rows], [row.get("throughput") or 0 for row in rows])
+        ax.set(xlabel=unit, title=f"{result.title}: {unit}")
         ax.invert_yaxis()
         return
     ax.grid(True, alpha=0.3)
