@@ -22,7 +22,7 @@ class Context:
     log_level: str = "WARNING"
     models_dir: Path | None = None
     # torch threads of the worker-hf processes in the batching scenario.
-    worker_threads: int = 1
+    worker_threads: int = 2
 
     def pick(self, quick: T, full: T) -> T:
         return full if self.full else quick

@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--log_level", default="WARNING", help="the router's INFERGATE_LOG_LEVEL")
     parser.add_argument(
-        "--worker_threads", type=int, default=1, help="torch threads of worker-hf in the batching scenario"
+        "--worker_threads", type=int, default=2, help="torch threads of worker-hf in the batching scenario"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (process logs)")
     return parser.parse_args(argv)

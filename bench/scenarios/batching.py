@@ -9,8 +9,8 @@
   (which serves them one at a time).
 
 Each worker runs alone (the other is stopped), with ``--worker_threads``
-torch threads (1 by default: the router and the load generator share the
-cores)."""
+torch threads (2 by default: the machine's cores, as in issue 6's KServe
+reference; the router and the load generator share them)."""
 
 from __future__ import annotations
 
