@@ -125,7 +125,7 @@ def run(ctx: Context) -> ScenarioResult:
         if ctx.profile and pids:
 
             async def load() -> None:
-                await fresh_run(fast_routed, 100, 100, duration)
+                await fresh_run(fast_routed, 100, 300, duration)
 
             with py_spy_record(pids[0], ctx.profile_path(NAME)) as info:
                 run_async(load())
