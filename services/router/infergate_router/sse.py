@@ -32,7 +32,10 @@ KEEPALIVE = SseEvent(None)
 
 def frame(event: SseEvent) -> bytes:
     if event.data is None:
-        return b": keep-alive\n\n"
+        # A lone comment line, no blank line: after an event that carried an
+        # id, a blank line makes some clients (the openai SDK) dispatch an
+        # empty event and fail to parse it.
+        return b": keep-alive\n"
     payload = event.data if isinstance(event.data, str) else json.dumps(event.data, separators=(",", ":"))
     head = f"id: {event.id}\n" if event.id else ""
     return f"{head}data: {payload}\n\n".encode()

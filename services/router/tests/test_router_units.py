@@ -15,7 +15,7 @@ from infergate_router.sse import DONE, KEEPALIVE, SseEvent, frame, sse_response
 def test_sse_frames() -> None:
     assert frame(SseEvent({"a": 1}, "5-0")) == b'id: 5-0\ndata: {"a":1}\n\n'
     assert frame(SseEvent(DONE)) == b"data: [DONE]\n\n"
-    assert frame(KEEPALIVE) == b": keep-alive\n\n"
+    assert frame(KEEPALIVE) == b": keep-alive\n"
 
 
 def test_normalise_host() -> None:

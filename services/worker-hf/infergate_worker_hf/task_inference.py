@@ -120,6 +120,23 @@ def task_from_architecture(architecture: str) -> Task | None:
     return None
 
 
+def task_from_transformers_maps(architecture: str) -> Task | None:
+    """Generative heads whose names lack KServe's suffixes (``GPT2LMHeadModel``,
+    ``BloomForCausalLM``'s older siblings): transformers' own auto maps know
+    them. Checked after KServe's rule, so KServe's answers never change."""
+    from transformers.models.auto import modeling_auto
+
+    maps = (
+        (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, Task.TEXT_GENERATION),
+        (modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, Task.TEXT2TEXT_GENERATION),
+    )
+    for names, task in maps:
+        for value in names.values():
+            if architecture in (value if isinstance(value, tuple) else (value,)):
+                return task
+    return None
+
+
 def infer_task(config: Any, model_dir: str | Path | None, explicit_task: Task | str | None) -> Task:
     """The task to serve: the explicit one, else inferred from the config."""
     architectures = getattr(config, "architectures", None) or []
@@ -146,6 +163,9 @@ def infer_task(config: Any, model_dir: str | Path | None, explicit_task: Task | 
         return task
     if is_bare_encoder(config, architecture):
         return Task.TEXT_EMBEDDING
+    task = task_from_transformers_maps(architecture)
+    if task is not None:
+        return task
     raise StartupError(f"Task couldn't be inferred from {architecture}. Please manually set task option.")
 
 

@@ -128,8 +128,7 @@ def test_stream_echo_sends_the_prompt_first(llama: HFWorker, redis_server: Redis
 def test_chat_over_http(llama: HFWorker, models: Path, hf_worker: StartWorker) -> None:
     chat = complete(llama, [{"role": "user", "content": "Hi!"}], temperature=0, max_tokens=4)
     assert chat["choices"][0]["completion_tokens"] <= 4
-    # KServe infers no task from GPT2LMHeadModel (no ForCausalLM suffix).
-    gpt2 = hf_worker(models / "tiny-gpt2", "--task", "text_generation")
+    gpt2 = hf_worker(models / "tiny-gpt2")
     response = gpt2.post("/generate", body([{"role": "user", "content": "Hi!"}], max_tokens=4))
     assert response.status_code == 400
     assert "chat template" in response.json()["error"]["message"]

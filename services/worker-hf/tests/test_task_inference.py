@@ -32,7 +32,9 @@ def config_for(architecture: str | None, cls: type[PretrainedConfig] = BertConfi
         ("BertForMaskedLM", Task.FILL_MASK),
         ("RobertaForMaskedLM", Task.FILL_MASK),
         ("LlamaForCausalLM", Task.TEXT_GENERATION),
-        ("GPT2LMHeadModel", None),
+        # Beyond KServe (which cannot infer it): transformers' causal LM map.
+        ("GPT2LMHeadModel", Task.TEXT_GENERATION),
+        ("BertFancyHead", None),
         ("T5ForConditionalGeneration", Task.TEXT2TEXT_GENERATION),
         ("MarianMTModel", Task.TEXT2TEXT_GENERATION),
         ("EncoderDecoderModel", Task.TEXT2TEXT_GENERATION),
