@@ -29,6 +29,9 @@ class SseEvent:
 
 KEEPALIVE = SseEvent(None)
 
+# Most events one socket write carries.
+MAX_COALESCED = 64
+
 
 def frame(event: SseEvent) -> bytes:
     if event.data is None:
@@ -46,13 +49,29 @@ class _Body:
     calls even when it never started iterating (a generator's ``finally``
     would not run then), so ``on_close`` always runs."""
 
-    def __init__(self, events: Iterator[SseEvent], on_close: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        events: Iterator[SseEvent],
+        on_close: Callable[[], None] | None,
+        pending: Callable[[], int] | None = None,
+    ) -> None:
         self.events = events
         self.on_close = on_close
+        self.pending = pending
 
     def __iter__(self) -> Iterator[bytes]:
+        # Events already waiting behind this one go out in the same write:
+        # a client that fell behind (or a worker that wrote several tokens
+        # at once) costs one socket send, not one per event.
+        buffer: list[bytes] = []
         for event in self.events:
-            yield frame(event)
+            buffer.append(frame(event))
+            if self.pending is not None and len(buffer) < MAX_COALESCED and self.pending() > 0:
+                continue
+            yield b"".join(buffer)
+            buffer.clear()
+        if buffer:
+            yield b"".join(buffer)
 
     def close(self) -> None:
         try:
@@ -68,8 +87,10 @@ def sse_response(
     events: Iterator[SseEvent],
     headers: dict[str, str] | None = None,
     on_close: Callable[[], None] | None = None,
+    pending: Callable[[], int] | None = None,
 ) -> Response:
-    response = Response(_Body(events, on_close), status=200, mimetype="text/event-stream")
+    """``pending()`` counts the events ready behind the current one."""
+    response = Response(_Body(events, on_close, pending), status=200, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     for name, value in (headers or {}).items():

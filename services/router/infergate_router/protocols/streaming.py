@@ -62,7 +62,7 @@ def stream_response(
         group.close()
         raise
     events = relay(group, formatter, svc.metrics, model.name, g.started_at, request_id())
-    return sse_response(events, on_close=group.close)
+    return sse_response(events, on_close=group.close, pending=group.queue.qsize)
 
 
 def replay_response(request_id: str, model: str, formatter: StreamFormatter, last_id: str) -> Response:
@@ -78,4 +78,4 @@ def replay_response(request_id: str, model: str, formatter: StreamFormatter, las
         group.close()
         raise
     events = relay(group, formatter, svc.metrics, model, g.started_at, request_id)
-    return sse_response(events, on_close=group.close)
+    return sse_response(events, on_close=group.close, pending=group.queue.qsize)
