@@ -35,5 +35,7 @@ say "chart"
 bash ci/chart.sh
 VPY="$ROOT/.venv-vllm/bin/python"
 run_suite worker-vllm "$VPY" -m pytest -q -p no:cacheprovider --timeout=900 services/worker-vllm/tests
-run_suite vllm-integration "${PYTEST[@]}" -m vllm tests
+# The vLLM engine on the CPU spins on both cores; a test that races its
+# generation gets one rerun, reported in the summary as "rerun".
+run_suite vllm-integration "${PYTEST[@]}" --reruns 1 -m vllm tests
 say "all tests passed"

@@ -23,7 +23,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
+        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=30)
 
     def start(self) -> RedisServer:
         server = shutil.which("redis-server")
