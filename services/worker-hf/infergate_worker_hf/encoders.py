@@ -136,6 +136,10 @@ class EncoderEngine(HFEngine):
     def label_of(self, index: int, labels: dict[int, str]) -> str:
         return labels.get(index, str(index))
 
+    def class_keys(self, width: int, options: OutputOptions, labels: dict[int, str]) -> list[str]:
+        """Keys of a per-class probability map: label names or class indexes."""
+        return [self.label_of(j, labels) if options.labels else str(j) for j in range(width)]
+
     def tokenize_inputs(self, inputs: list[str], offsets: bool) -> dict[str, Any]:
         loaded = self.require_loaded()
         kwargs: dict[str, Any] = {
@@ -286,7 +290,7 @@ class SequenceClassificationEngine(EncoderEngine):
         if options.raw_logits:
             return Shaped([r.tolist() for r in results], "FP32", [n, int(results[0].numel())])
         if options.probabilities:
-            keys = [self.label_of(j, labels) if options.labels else str(j) for j in range(results[0].numel())]
+            keys = self.class_keys(int(results[0].numel()), options, labels)
             return Shaped([_probability_map(r, keys) for r in results], "BYTES", [n])
         indexes = [int(r.argmax().item()) for r in results]
         if options.labels:
@@ -319,8 +323,7 @@ class TokenClassificationEngine(EncoderEngine):
         if options.raw_logits:
             return Shaped([r.tolist() for r in results], "FP32", [n, length, int(results[0].shape[1])])
         if options.probabilities:
-            width = int(results[0].shape[1])
-            keys = [self.label_of(j, labels) if options.labels else str(j) for j in range(width)]
+            keys = self.class_keys(int(results[0].shape[1]), options, labels)
             return Shaped(
                 [[_probability_map(position, keys) for position in r] for r in results], "BYTES", [n, length]
             )
