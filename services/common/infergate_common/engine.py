@@ -59,6 +59,18 @@ class Engine(ABC):
     def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         raise NotImplementedForModel("this engine has no tokenizer")
 
+    def active_streams(self) -> list[str]:
+        """Request ids of the streamed generations this engine still runs
+        or queues (they count against the replica's capacity after their
+        ``/generate`` call has returned, and a draining worker waits for
+        them)."""
+        return []
+
+    def default_capacity(self) -> int:
+        """Requests admitted at once (running and waiting) when the worker's
+        ``capacity`` setting is not given."""
+        return 64
+
     def cancel(self, request_id: str) -> bool:
         """Stop a generation and free its slot; False when it is unknown."""
         return False

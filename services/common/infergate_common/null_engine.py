@@ -90,6 +90,8 @@ class NullEngine(Engine):
         self.lock = threading.Lock()
         self.loaded = False
         self._running: list[_SteppedStream] = []
+        # Streams not ended yet, by request id (both stream modes).
+        self._open: set[str] = set()
         self._wakeup = threading.Event()
         self._stepper: threading.Thread | None = None
 
@@ -151,7 +153,17 @@ class NullEngine(Engine):
             return f"tok{i}@{time.monotonic_ns()} "
         return f"tok{i} "
 
+    def active_streams(self) -> list[str]:
+        with self.lock:
+            return list(self._open)
+
+    def default_capacity(self) -> int:
+        # It answers instantly: its capacity is the benchmark's, not a model's.
+        return 4096
+
     def start_stream(self, request: GenerateRequest) -> None:
+        with self.lock:
+            self._open.add(request.request_id)
         if self.step_streams:
             self._admit(request)
             return
@@ -193,6 +205,7 @@ class NullEngine(Engine):
                     for stream in finished:
                         self._running.remove(stream)
                         self.cancelled.discard(stream.request.request_id)
+                        self._open.discard(stream.request.request_id)
             if self.interval:
                 time.sleep(self.interval)
 
@@ -209,6 +222,14 @@ class NullEngine(Engine):
         pipe.execute()
 
     def _stream(self, request: GenerateRequest) -> None:
+        try:
+            self._write_stream(request)
+        finally:
+            with self.lock:
+                self._open.discard(request.request_id)
+                self.cancelled.discard(request.request_id)
+
+    def _write_stream(self, request: GenerateRequest) -> None:
         writer = StreamWriter(self.redis, request.request_id, self.prefix)
         count, reason = self._count(request)
         last_beat = time.monotonic()
@@ -333,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int)
     parser.add_argument("--registry_url")
     parser.add_argument("--redis_url")
+    parser.add_argument("--capacity", type=int)
+    parser.add_argument("--drain_s", type=float)
+    parser.add_argument("--health_port", type=int)
     args = parser.parse_args(argv)
     configure_logging("worker-null")
     settings = load_settings(
@@ -341,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         registry_url=args.registry_url,
         redis_url=args.redis_url,
+        capacity=args.capacity,
+        drain_s=args.drain_s,
+        health_port=args.health_port,
     )
     engine = NullEngine(
         args.model_name,

@@ -76,6 +76,9 @@ class WorkerInfo(_Model):
     encoder_decoder: bool = False
     # Names the model also answers to.
     aliases: list[str] = Field(default_factory=list)
+    # Requests this replica admits at once (running and waiting); past it
+    # the worker answers 503 ``overloaded_error`` and routers try another.
+    capacity: int | None = None
     # Extra facts for humans (labels of a classifier, engine flags, ...).
     extra: dict[str, Any] = Field(default_factory=dict)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import math
 import re
 import time
 import uuid
@@ -48,7 +49,7 @@ RENDERERS: dict[str, Renderer] = {
 }
 
 # Reachable without an API key: liveness and readiness probes, metrics.
-OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready", "/metrics"})
+OPEN_PATHS = frozenset({"/", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"})
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -145,6 +146,15 @@ def register_blueprints(app: Flask) -> None:
     def alive() -> Response:
         return jsonify({"status": "alive"})
 
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        """Whether this router process can serve: not draining, Redis and the
+        registry reachable (checked at most once a second)."""
+        ok, reason = services().readiness.check()
+        if ok:
+            return jsonify({"ready": True}), 200
+        return jsonify({"ready": False, "reason": reason}), 503
+
     @app.get("/metrics")
     def metrics() -> Response:
         return Response(services().metrics.render(), mimetype="text/plain; version=0.0.4")
@@ -155,7 +165,10 @@ def register_error_handlers(app: Flask) -> None:
     def infergate_error(error: InfergateError) -> Response:
         if error.status >= 500:
             log.warning("request failed: %s", error.message, extra={"status": error.status})
-        return renderer_for_request()(error)
+        response = renderer_for_request()(error)
+        if error.retry_after_s is not None:
+            response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -17,7 +17,9 @@ worker_connections = int(os.environ.get("INFERGATE_WORKER_CONNECTIONS", "2000"))
 # gevent workers notify the arbiter from their own loop, so a long stream
 # never trips this; it only catches a blocked worker.
 timeout = 60
-graceful_timeout = 30
+# SIGTERM: open streams get INFERGATE_DRAIN_S to finish (then an error
+# event); gunicorn waits a little longer before it stops the process.
+graceful_timeout = int(float(os.environ.get("INFERGATE_DRAIN_S", "30"))) + 5
 keepalive = 5
 # The app logs one JSON line per request itself.
 accesslog = None
@@ -28,3 +30,23 @@ limit_request_line = 8190
 # gunicorn's control socket has one default path per user, so the router and
 # the registry on one machine would take it from each other.
 control_socket_disable = True
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """Drain on SIGTERM: gunicorn stops accepting, and the app ends its open
+    streams cleanly once the drain time is over (see ``RouterServices.begin_drain``)."""
+    import signal
+
+    from infergate_router.services import EXTENSION
+
+    stop_accepting = worker.handle_exit
+
+    def handle_exit(sig, frame):  # type: ignore[no-untyped-def]
+        services = getattr(worker.wsgi, "extensions", {}).get(EXTENSION)
+        if services is not None:
+            services.begin_drain()
+        stop_accepting(sig, frame)
+
+    worker.handle_exit = handle_exit
+    # gunicorn bound its handler before this hook ran.
+    signal.signal(signal.SIGTERM, handle_exit)

@@ -1,22 +1,32 @@
-"""Among a model's ready replicas, the one with the fewest requests in flight
-from this process. Ties are broken at random so that several router
-processes do not all pile onto the same replica."""
+"""Among a model's ready replicas with room, the one with the fewest requests
+in flight from this process. Ties are broken at random so that several
+router processes do not all pile onto the same replica.
+
+A replica has room while this process holds fewer requests on it than the
+capacity it advertises, and it has not answered "full" in the last
+``FULL_HOLD_S`` seconds (other router processes share it too)."""
 
 from __future__ import annotations
 
 import contextlib
 import random
 import threading
+import time
 from collections.abc import Iterator
 
-from infergate_common.errors import ServiceUnavailable
+from infergate_common.errors import Overloaded, ServiceUnavailable
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
+
+# How long a replica that answered "full" is passed over.
+FULL_HOLD_S = 0.1
 
 
 class InFlight:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._full_until: dict[str, float] = {}
+        self._room = threading.Condition(self._lock)
 
     def count(self, url: str) -> int:
         return self._counts.get(url, 0)
@@ -24,12 +34,35 @@ class InFlight:
     def total(self) -> int:
         return sum(self._counts.values())
 
+    def has_room(self, replica: ReplicaRecord, now: float) -> bool:
+        capacity = replica.info.capacity if replica.info is not None else None
+        if capacity is not None and self.count(replica.url) >= capacity:
+            return False
+        return self._full_until.get(replica.url, 0.0) <= now
+
     def choose(self, model: ModelRecord, exclude: set[str] | None = None) -> ReplicaRecord:
-        ready = [r for r in model.replicas if r.ready and r.url not in (exclude or set())]
+        """The replica to use; :class:`ServiceUnavailable` when none is
+        ready, :class:`Overloaded` when every ready one (not in
+        ``exclude``) is full."""
+        ready = [r for r in model.replicas if r.ready]
         if not ready:
             raise ServiceUnavailable(f"Model with name {model.name} has no ready replica.")
-        lowest = min(self.count(r.url) for r in ready)
-        return random.choice([r for r in ready if self.count(r.url) == lowest])
+        now = time.monotonic()
+        skip = exclude or set()
+        open_ = [r for r in ready if r.url not in skip and self.has_room(r, now)]
+        if not open_:
+            raise Overloaded(f"every replica of model {model.name} is busy")
+        lowest = min(self.count(r.url) for r in open_)
+        return random.choice([r for r in open_ if self.count(r.url) == lowest])
+
+    def mark_full(self, url: str, hold_s: float = FULL_HOLD_S) -> None:
+        with self._lock:
+            self._full_until[url] = time.monotonic() + hold_s
+
+    def wait_for_room(self, timeout_s: float) -> None:
+        """Until a request of this process ends somewhere, or ``timeout_s``."""
+        with self._room:
+            self._room.wait(timeout_s)
 
     def acquire(self, url: str) -> None:
         with self._lock:
@@ -42,6 +75,8 @@ class InFlight:
                 self._counts[url] = left
             else:
                 self._counts.pop(url, None)
+            self._full_until.pop(url, None)
+            self._room.notify_all()
 
     @contextlib.contextmanager
     def held(self, url: str) -> Iterator[None]:

@@ -27,6 +27,13 @@ class RouterSettings(BaseModel):
     stream_block_ms: int = Field(2000, ge=10)
     # Name reported by GET /v2.
     server_name: str = "infergate"
+    # When every replica of a model is at its capacity, how long a request
+    # waits for room before a 429 (OpenAI) / 503 (KServe) with Retry-After.
+    queue_wait_s: float = Field(1.0, ge=0)
+    # On SIGTERM, how long open streams may run before they end with an
+    # error event (and their generations are cancelled). gunicorn's
+    # graceful timeout is this plus a few seconds.
+    drain_s: float = Field(30.0, ge=0)
 
 
 def settings_from_env() -> RouterSettings:

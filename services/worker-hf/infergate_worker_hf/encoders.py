@@ -108,6 +108,10 @@ class EncoderEngine(HFEngine):
         if self.batcher is not None:
             self.batcher.stop()
 
+    def default_capacity(self) -> int:
+        # Two full batches of single-input requests: one running, one gathering.
+        return 2 * self.settings.max_batch_size
+
     def healthy(self) -> tuple[bool, str]:
         if self.batcher is None or not self.batcher.alive():
             return False, "encoder batcher is not running"

@@ -127,6 +127,8 @@ class VllmEngine(Engine):
         self._lock = threading.Lock()
         self._active: set[str] = set()
         self._cancelled: set[str] = set()
+        # The streamed ones among the active requests (they outlive their /generate call).
+        self._stream_ids: set[str] = set()
         # Touched only on the engine's loop.
         self._streams: dict[str, _OpenStream] = {}
 
@@ -278,8 +280,18 @@ class VllmEngine(Engine):
             raise
         return future.result()
 
+    def active_streams(self) -> list[str]:
+        with self._lock:
+            return list(self._stream_ids)
+
+    def default_capacity(self) -> int:
+        # vLLM's scheduler keeps its own waiting queue: admit a second batch's worth.
+        return 2 * int(getattr(self.engine_args, "max_num_seqs", None) or 256)
+
     def start_stream(self, request: GenerateRequest) -> None:
         job = self._prepare(request)
+        with self._lock:
+            self._stream_ids.add(request.request_id)
         # The batcher writes its entries; the writer names the stream and tracks its end.
         writer = StreamWriter(None, request.request_id, self.settings.stream_prefix)
         try:
@@ -301,6 +313,7 @@ class VllmEngine(Engine):
         with self._lock:
             self._active.discard(request_id)
             self._cancelled.discard(request_id)
+            self._stream_ids.discard(request_id)
 
     async def _complete(self, job: _Job) -> GenerateResponse:
         choices: dict[int, _Choice] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Response
+from flask import Response, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from infergate_common.errors import InfergateError, InvalidRequest
@@ -19,6 +19,7 @@ from infergate_common.worker_api import (
     SamplingParams,
 )
 
+from ..client_watch import client_watch
 from ..services import services
 from .edge import run_all, validate
 
@@ -136,7 +137,7 @@ def generate_all(model: ModelRecord, requests: list[GenerateRequest]) -> list[Ge
     svc = services()
 
     def one(req: GenerateRequest) -> GenerateResponse:
-        response = svc.dispatcher.call(model, lambda url: svc.workers.generate(url, req))
+        response = svc.dispatcher.generate(model, req, client_watch(request.environ))
         svc.metrics.tokens(model.name, response.usage.prompt_tokens, response.usage.completion_tokens)
         return response
 

@@ -62,6 +62,15 @@ class GenerationEngine(HFEngine):
             return False, "generation scheduler is not running"
         return True, ""
 
+    def active_streams(self) -> list[str]:
+        with self._jobs_lock:
+            return [rid for rid, job in self._jobs.items() if isinstance(job.sink, StreamSink)]
+
+    def default_capacity(self) -> int:
+        # The running batch and as many again waiting, twice over: deep
+        # enough to keep the batch full, short enough to answer in time.
+        return 4 * self.settings.max_num_seqs
+
     def extra_info(self) -> dict[str, Any]:
         scheduler = self.scheduler
         if scheduler is None:

@@ -9,7 +9,7 @@ import time
 from flask import Blueprint, Response, request
 from pydantic import BaseModel
 
-from infergate_common.errors import InfergateError, InvalidRequest, NotFound
+from infergate_common.errors import InfergateError, InvalidRequest, NotFound, Overloaded
 from infergate_common.registry_api import ModelRecord
 from infergate_common.worker_api import (
     DetokenizeRequest,
@@ -19,6 +19,7 @@ from infergate_common.worker_api import (
     GenerateResponse,
 )
 
+from ...client_watch import client_watch
 from ...services import services
 from ..edge import ENTRY_ID, parse_body, reachable_models, ready, request_id, resolve_model, run_all
 from ..streaming import replay_response, stream_response
@@ -62,7 +63,9 @@ def render_error(error: InfergateError) -> Response:
     body = ErrorBody(
         error=ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)
     )
-    return Response(body.model_dump_json(), status=error.status, mimetype="application/json")
+    # OpenAI clients back off and retry on 429; KServe's answer to the same is 503.
+    status = 429 if isinstance(error, Overloaded) else error.status
+    return Response(body.model_dump_json(), status=status, mimetype="application/json")
 
 
 def _json(model: BaseModel) -> Response:
@@ -94,7 +97,7 @@ def get_model(name: str) -> Response:
 
 def _generate(model: ModelRecord, req: GenerateRequest) -> GenerateResponse:
     svc = services()
-    response = svc.dispatcher.call(model, lambda url: svc.workers.generate(url, req))
+    response = svc.dispatcher.generate(model, req, client_watch(request.environ))
     svc.metrics.tokens(model.name, response.usage.prompt_tokens, response.usage.completion_tokens)
     return response
 
