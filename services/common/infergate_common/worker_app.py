@@ -107,7 +107,10 @@ def create_worker_app(
 
     @app.get("/info")
     def info() -> Response:
-        return _json(engine.info().model_copy(update={"capacity": admission.capacity}))
+        info = engine.info()
+        # "held": what the replica holds now (calls in progress and open streams).
+        extra = {**info.extra, "held": admission.held()}
+        return _json(info.model_copy(update={"capacity": admission.capacity, "extra": extra}))
 
     @app.post("/generate")
     def generate() -> Response:

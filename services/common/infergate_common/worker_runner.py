@@ -18,6 +18,7 @@ import contextlib
 import http.server
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -241,7 +242,16 @@ def run_worker(engine: Engine, settings: WorkerServerSettings) -> int:
     )
     loader.start()
 
-    drain = Drain(engine, admission, registration, server.close)
+    def leave_loop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    def stop_serving() -> None:
+        # waitress's loop runs in this (the main) thread and keeps going while
+        # router connections stay open: leave it from here, as a signal.
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    signal.signal(signal.SIGUSR2, leave_loop)
+    drain = Drain(engine, admission, registration, stop_serving)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("stopping on signal %s", signum)
@@ -252,12 +262,14 @@ def run_worker(engine: Engine, settings: WorkerServerSettings) -> int:
 
     def watch_failure() -> None:
         failed.wait()
-        server.close()
+        stop_serving()
 
     threading.Thread(target=watch_failure, daemon=True).start()
     log.info("worker listening", extra={"url": settings.replica_url()})
     try:
         server.run()
+    except SystemExit:
+        pass
     except (OSError, ValueError):
         # waitress raises when its sockets close under it during shutdown.
         pass
