@@ -104,7 +104,9 @@ def post(router: str, path: str, data: bytes) -> None:
 
 
 def mutated(base: dict[str, Any], fields: list[str]) -> st.SearchStrategy[dict[str, Any]]:
-    return st.dictionaries(st.sampled_from(fields), json_values, max_size=4).map(lambda extra: {**base, **extra})
+    return st.dictionaries(st.sampled_from(fields), json_values, max_size=4).map(
+        lambda extra: {**base, **extra}
+    )
 
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
