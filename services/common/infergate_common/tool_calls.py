@@ -165,7 +165,9 @@ class CallExtractor:
         self.content += content
         for delta in deltas:
             if delta.index == len(self._calls):
-                self._calls.append(ToolCall(id=delta.id or new_call_id(), name=delta.name or "", arguments=""))
+                self._calls.append(
+                    ToolCall(id=delta.id or new_call_id(), name=delta.name or "", arguments="")
+                )
             call = self._calls[delta.index]
             call.arguments += delta.arguments
         return content, _coalesce(deltas)
@@ -579,4 +581,3 @@ def extractor_factory(request: GenerateRequest, parser: str) -> Callable[[], Cal
     if forced_extractor(request) is not None:
         return lambda: forced_extractor(request)  # type: ignore[return-value]
     return AUTO_PARSERS[parser]
-

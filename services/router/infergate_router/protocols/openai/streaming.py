@@ -20,7 +20,7 @@ from infergate_common.streams import DeltaEvent, DoneEvent, ErrorEvent
 from ...sse import DONE, SseEvent
 from ...stream_reader import Entry
 from .models import ErrorBody, ErrorDetail, Usage
-from .translate import chat_logprobs, completion_logprobs, finish_reason
+from .translate import chat_logprobs, completion_logprobs, finish_reason, tool_call_deltas
 
 
 class _OpenAIStream:
@@ -64,7 +64,7 @@ class _OpenAIStream:
         reason = finish_reason(event.finish_reason)
         if reason is not None:
             self.finished.add(index)
-        elif not event.text and not event.logprobs:
+        elif not event.text and not event.logprobs and not event.tool_calls:
             return
         yield self._event(self._chunk([self._choice(index, event, reason)]), entry)
 
@@ -126,6 +126,8 @@ class ChatStream(_OpenAIStream):
                 delta["content"] = ""
         if event is not None and event.text:
             delta["content"] = event.text
+        if event is not None and event.tool_calls:
+            delta["tool_calls"] = tool_call_deltas(event.tool_calls)
         logprobs = chat_logprobs(event.logprobs) if event is not None else None
         return {
             "index": index,
