@@ -145,7 +145,10 @@ def worker_hf(name: str, model_dir: Path, *flags: str) -> list[str]:
 def hf_workers(stack: Stack, test_models: Path, minilm_path: Path) -> Iterator[dict[str, Worker]]:
     """worker-hf serving tiny-llm and minilm, loaded side by side."""
     launched = {
-        "tiny-llm": stack.launch_worker("tiny-llm", worker_hf("tiny-llm", test_models / "tiny-llama")),
+        # Its chat template teaches the Hermes tool-call format.
+        "tiny-llm": stack.launch_worker(
+            "tiny-llm", worker_hf("tiny-llm", test_models / "tiny-llama", "--tool_call_parser", "hermes")
+        ),
         "minilm": stack.launch_worker("minilm", worker_hf("minilm", minilm_path)),
     }
     try:
