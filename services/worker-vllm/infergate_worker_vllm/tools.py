@@ -85,6 +85,8 @@ def structured_outputs(request: GenerateRequest, chat_request: Any | None) -> An
 
 def check_structured_outputs(llm: Any, sampling: Any, param: str) -> None:
     """vLLM's own validation of the constraint, run before admission."""
+    from vllm.exceptions import VLLMValidationError
+
     if getattr(sampling, "structured_outputs", None) is None:
         return
     config = llm.vllm_config
