@@ -83,7 +83,7 @@ class Forecast(BaseModel):
     city: Literal["Paris", "Berlin"]
     days: int = Field(ge=1, le=7)
     rain: bool
-    note: str = Field(max_length=10)
+    note: str = Field(pattern="^[a-z ]{0,10}$")
 
 
 def test_sdk_parse_fills_a_pydantic_model(client: openai.OpenAI, tools_model: str) -> None:
