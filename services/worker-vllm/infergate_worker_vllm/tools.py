@@ -97,7 +97,7 @@ def check_structured_outputs(llm: Any, sampling: Any, param: str) -> None:
             config.structured_outputs_config,
             llm.input_processor.tokenizer,
         )
-    except ValueError as exc:
+    except (ValueError, VLLMValidationError) as exc:
         raise InvalidRequest(
             f"the JSON schema cannot be used for constrained decoding: {exc}", param=param
         ) from exc

@@ -225,22 +225,36 @@ def tool_calls(calls: list[ToolCall] | None) -> list[ChatToolCall] | None:
 
 
 def tool_call_deltas(deltas: list[ToolCallDelta]) -> list[dict[str, Any]]:
-    """OpenAI's ``delta.tool_calls``: id, type and name on a call's first
-    piece (with empty arguments), argument text on the later ones."""
+    """OpenAI's ``delta.tool_calls`` entries: id, type and name on a call's
+    first piece, argument text on the later ones."""
     rendered: list[dict[str, Any]] = []
     for delta in deltas:
         if delta.id is not None:
-            rendered.append(
-                {
-                    "index": delta.index,
-                    "id": delta.id,
-                    "type": "function",
-                    "function": {"name": delta.name or "", "arguments": ""},
-                }
-            )
-        if delta.arguments:
+            function = {"name": delta.name or "", "arguments": delta.arguments}
+            rendered.append({"index": delta.index, "id": delta.id, "type": "function", "function": function})
+        else:
             rendered.append({"index": delta.index, "function": {"arguments": delta.arguments}})
     return rendered
+
+
+def tool_call_chunks(deltas: list[ToolCallDelta]) -> list[list[ToolCallDelta]]:
+    """The pieces of one worker delta as OpenAI streams them, one chunk's
+    worth each: a call's id and name alone first (empty arguments), then its
+    arguments, and never two pieces of one call in the same chunk (clients
+    merge pieces across chunks by index, not within one)."""
+    chunks: list[list[ToolCallDelta]] = [[]]
+    for delta in deltas:
+        pieces = [delta]
+        if delta.id is not None and delta.arguments:
+            pieces = [
+                delta.model_copy(update={"arguments": ""}),
+                ToolCallDelta(index=delta.index, arguments=delta.arguments),
+            ]
+        for piece in pieces:
+            if any(other.index == piece.index for other in chunks[-1]):
+                chunks.append([])
+            chunks[-1].append(piece)
+    return chunks
 
 
 def chat_generate_request(
