@@ -49,7 +49,8 @@ class Backend(StrEnum):
     NULL = "null"
 
 
-FinishReason = Literal["stop", "length", "abort", "error"]
+# "tool_calls": the choice ended with tool calls (see :class:`ToolCall`).
+FinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
 
 
 class _Model(BaseModel):
@@ -116,6 +117,86 @@ class SamplingParams(_Model):
     ignore_eos: bool = False
 
 
+# ----------------------------------------------- tools and structured outputs
+
+
+class FunctionSpec(BaseModel):
+    """A function the model may call (OpenAI's ``tools[].function``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$")
+    description: str | None = None
+    # A JSON schema of the arguments object; None: no arguments.
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
+class FunctionName(_Model):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming one function: the answer is a call of it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class JsonSchemaSpec(BaseModel):
+    """``response_format.json_schema``: the schema the answer must validate against."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type 'json_schema' needs a 'json_schema' object")
+        return self
+
+
+class ToolCall(_Model):
+    """A complete call: ``arguments`` is the JSON text of the arguments object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class ToolCallDelta(_Model):
+    """A piece of a streamed call: the first piece of call ``index`` carries
+    its ``id`` and ``name``, later ones only ``arguments`` text to append."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 class GenerateRequest(_Model):
     request_id: str = Field(min_length=1, max_length=200)
     # Exactly one of prompt (text or token ids) and messages.
@@ -123,6 +204,14 @@ class GenerateRequest(_Model):
     messages: list[ChatMessage] | None = None
     params: SamplingParams = Field(default_factory=lambda: SamplingParams())
     stream: bool = False
+    # Chat only. ``tools`` are rendered by the chat template; ``tool_choice``
+    # "required" or named constrains the output to calls of them, "auto"
+    # parses the model's own call format, "none" (or no tools) leaves text.
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # json_object / json_schema: the output is constrained to parse (and validate).
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:
@@ -131,6 +220,13 @@ class GenerateRequest(_Model):
         if self.messages is not None and not self.messages:
             raise ValueError("'messages' must not be empty")
         return self
+
+    @property
+    def effective_tool_choice(self) -> ToolChoice:
+        """OpenAI's default: "auto" with tools, "none" without."""
+        if not self.tools:
+            return "none"
+        return self.tool_choice if self.tool_choice is not None else "auto"
 
 
 class TopLogprob(_Model):
@@ -163,6 +259,8 @@ class GenerateChoice(_Model):
     finish_reason: FinishReason
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None
+    # Calls the model made (``text`` then holds only what is not a call).
+    tool_calls: list[ToolCall] | None = None
 
 
 class GenerateResponse(_Model):

@@ -51,6 +51,9 @@ class HFWorkerSettings(WorkerServerSettings):
     max_batch_wait_ms: float = Field(2.0, ge=0)
     # Generation: the most sequences in the running batch (1 disables batching).
     max_num_seqs: int = Field(16, ge=1)
+    # tool_choice "auto": the model's tool-call format (hermes, llama3_json,
+    # mistral); None: chosen by the model family.
+    tool_call_parser: str | None = None
 
     @field_validator("task", mode="before")
     @classmethod

@@ -36,6 +36,7 @@ from .models import (
 from .streaming import ChatStream, CompletionStream
 from .translate import (
     chat_completion,
+    chat_generate_request,
     chat_params,
     completion,
     completion_params,
@@ -137,7 +138,7 @@ def chat_completions() -> Response:
     params = chat_params(body)
     rid = request_id()
     created = int(time.time())
-    req = GenerateRequest(request_id=rid, messages=body.messages, params=params, stream=bool(body.stream))
+    req = chat_generate_request(rid, body, params)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         formatter = ChatStream(

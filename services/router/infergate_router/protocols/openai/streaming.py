@@ -20,7 +20,7 @@ from infergate_common.streams import DeltaEvent, DoneEvent, ErrorEvent
 from ...sse import DONE, SseEvent
 from ...stream_reader import Entry
 from .models import ErrorBody, ErrorDetail, Usage
-from .translate import chat_logprobs, completion_logprobs, finish_reason
+from .translate import chat_logprobs, completion_logprobs, finish_reason, tool_call_chunks, tool_call_deltas
 
 
 class _OpenAIStream:
@@ -64,7 +64,7 @@ class _OpenAIStream:
         reason = finish_reason(event.finish_reason)
         if reason is not None:
             self.finished.add(index)
-        elif not event.text and not event.logprobs:
+        elif not event.text and not event.logprobs and not event.tool_calls:
             return
         yield self._event(self._chunk([self._choice(index, event, reason)]), entry)
 
@@ -117,6 +117,25 @@ class ChatStream(_OpenAIStream):
         self.resumed = resumed
         self.started: set[int] = set()
 
+    def delta(self, position: int, entry: Entry, event: DeltaEvent) -> Iterable[SseEvent]:
+        """A delta with tool calls may become several chunks (see ``tool_call_chunks``):
+        text and log probabilities in the first, the finish reason in the last."""
+        groups = tool_call_chunks(event.tool_calls) if event.tool_calls else []
+        if len(groups) <= 1:
+            yield from super().delta(position, entry, event)
+            return
+        for number, group in enumerate(groups):
+            first, last = number == 0, number == len(groups) - 1
+            part = DeltaEvent(
+                index=event.index,
+                text=event.text if first else "",
+                tokens=event.tokens if first else 0,
+                logprobs=event.logprobs if first else None,
+                tool_calls=group,
+                finish_reason=event.finish_reason if last else None,
+            )
+            yield from super().delta(position, entry, part)
+
     def _choice(self, index: int, event: DeltaEvent | None, reason: str | None) -> dict[str, Any]:
         delta: dict[str, Any] = {}
         if index not in self.started:
@@ -126,6 +145,8 @@ class ChatStream(_OpenAIStream):
                 delta["content"] = ""
         if event is not None and event.text:
             delta["content"] = event.text
+        if event is not None and event.tool_calls:
+            delta["tool_calls"] = tool_call_deltas(event.tool_calls)
         logprobs = chat_logprobs(event.logprobs) if event is not None else None
         return {
             "index": index,

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import base64
 import struct
+from typing import Any
 
 from infergate_common.errors import InvalidRequest
 from infergate_common.registry_api import ModelRecord
+from infergate_common.tool_calls import check_tools
 from infergate_common.worker_api import (
     EncodeResponse,
     FinishReason,
+    GenerateRequest,
     GenerateResponse,
     SamplingParams,
     Task,
     TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
 )
 
 from .models import (
@@ -23,6 +28,7 @@ from .models import (
     ChatCompletionRequest,
     ChatLogprobs,
     ChatTokenLogprob,
+    ChatToolCall,
     Completion,
     CompletionChoice,
     CompletionLogprobs,
@@ -30,6 +36,7 @@ from .models import (
     Embedding,
     EmbeddingList,
     EmbeddingUsage,
+    FunctionCall,
     TopLogprob,
     Usage,
     _Sampling,
@@ -37,7 +44,13 @@ from .models import (
 
 # The worker's reasons that OpenAI does not have: a cancelled or failed
 # choice simply stopped.
-_FINISH: dict[str, str] = {"stop": "stop", "length": "length", "abort": "stop", "error": "stop"}
+_FINISH: dict[str, str] = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "stop",
+    "error": "stop",
+    "tool_calls": "tool_calls",
+}
 
 
 def finish_reason(reason: FinishReason | str | None) -> str | None:
@@ -202,11 +215,73 @@ def completion(
     )
 
 
+def tool_calls(calls: list[ToolCall] | None) -> list[ChatToolCall] | None:
+    if not calls:
+        return None
+    return [
+        ChatToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
+        for call in calls
+    ]
+
+
+def tool_call_deltas(deltas: list[ToolCallDelta]) -> list[dict[str, Any]]:
+    """OpenAI's ``delta.tool_calls`` entries: id, type and name on a call's
+    first piece, argument text on the later ones."""
+    rendered: list[dict[str, Any]] = []
+    for delta in deltas:
+        if delta.id is not None:
+            function = {"name": delta.name or "", "arguments": delta.arguments}
+            rendered.append({"index": delta.index, "id": delta.id, "type": "function", "function": function})
+        else:
+            rendered.append({"index": delta.index, "function": {"arguments": delta.arguments}})
+    return rendered
+
+
+def tool_call_chunks(deltas: list[ToolCallDelta]) -> list[list[ToolCallDelta]]:
+    """The pieces of one worker delta as OpenAI streams them, one chunk's
+    worth each: a call's id and name alone first (empty arguments), then its
+    arguments, and never two pieces of one call in the same chunk (clients
+    merge pieces across chunks by index, not within one)."""
+    chunks: list[list[ToolCallDelta]] = [[]]
+    for delta in deltas:
+        pieces = [delta]
+        if delta.id is not None and delta.arguments:
+            pieces = [
+                delta.model_copy(update={"arguments": ""}),
+                ToolCallDelta(index=delta.index, arguments=delta.arguments),
+            ]
+        for piece in pieces:
+            if any(other.index == piece.index for other in chunks[-1]):
+                chunks.append([])
+            chunks[-1].append(piece)
+    return chunks
+
+
+def chat_generate_request(
+    request_id: str, body: ChatCompletionRequest, params: SamplingParams
+) -> GenerateRequest:
+    req = GenerateRequest(
+        request_id=request_id,
+        messages=body.messages,
+        params=params,
+        stream=bool(body.stream),
+        tools=body.tools,
+        tool_choice=body.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls,
+        response_format=body.response_format,
+    )
+    check_tools(req)
+    return req
+
+
 def chat_completion(request_id: str, created: int, model: str, response: GenerateResponse) -> ChatCompletion:
     choices = [
         ChatChoice(
             index=choice.index,
-            message=AssistantMessage(content=choice.text),
+            message=AssistantMessage(
+                content=None if choice.tool_calls and not choice.text else choice.text,
+                tool_calls=tool_calls(choice.tool_calls),
+            ),
             logprobs=chat_logprobs(choice.logprobs),
             finish_reason=finish_reason(choice.finish_reason),
         )
