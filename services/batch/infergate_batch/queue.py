@@ -45,6 +45,8 @@ def make_celery(settings: BatchSettings) -> Celery:
         accept_content=["json"],
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
+        # Our JSON log lines go to stderr as they are, not through Celery's logger.
+        worker_redirect_stdouts=False,
     )
     return app
 

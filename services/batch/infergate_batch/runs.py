@@ -87,8 +87,7 @@ class BatchParts:
     ) -> BatchParts:
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=30)
         router = RouterServices.build(router_settings or router_settings_from_env())
-        lease_s = router.settings.request_timeout_s + 60
-        slots = ModelSlots(client, settings.stream_prefix, settings, lease_s)
+        slots = ModelSlots(client, settings.stream_prefix, settings, settings.batch_slot_lease_s)
         return cls(
             settings,
             celery,

@@ -6,13 +6,17 @@ a model at once (``batch_lines_per_replica`` per ready replica, or the fixed
 replicas' capacity and their latency.
 
 The slots of a model are a Redis sorted set of leases scored by their
-expiry time; a worker that dies holding one frees it when its lease ends.
+expiry time. A thread renews the leases this process holds every third of
+``lease_s``, so a line may run for as long as it takes, while a worker
+that dies holding slots frees them within ``lease_s``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +26,8 @@ import redis
 from infergate_common.registry_api import ModelRecord
 
 from .settings import BatchSettings
+
+log = logging.getLogger(__name__)
 
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -41,6 +47,9 @@ class ModelSlots:
         self.settings = settings
         self.lease_s = lease_s
         self._acquire = client.register_script(_ACQUIRE)
+        self._held: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
 
     def cap(self, model: ModelRecord) -> int:
         if self.settings.batch_model_concurrency:
@@ -54,11 +63,38 @@ class ModelSlots:
     def try_acquire(self, model: ModelRecord, holder: str) -> bool:
         now = time.time()
         lease_ms = int(self.lease_s * 1000)
+        key = f"{self.prefix}:{model.name}"
         args: list[str | int | float] = [now, self.cap(model), now + self.lease_s, holder, lease_ms]
-        return bool(self._acquire(keys=[f"{self.prefix}:{model.name}"], args=args))
+        if not self._acquire(keys=[key], args=args):
+            return False
+        with self._lock:
+            self._held[holder] = key
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(target=self._renew, name="batch-slot-leases", daemon=True)
+                self._renewer.start()
+        return True
 
     def release(self, model: ModelRecord, holder: str) -> None:
+        with self._lock:
+            self._held.pop(holder, None)
         self.redis.zrem(f"{self.prefix}:{model.name}", holder)
+
+    def _renew(self) -> None:
+        while True:
+            time.sleep(self.lease_s / 3)
+            with self._lock:
+                held = dict(self._held)
+            if not held:
+                continue
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                expiry = time.time() + self.lease_s
+                for holder, key in held.items():
+                    pipe.zadd(key, {holder: expiry}, xx=True)
+                    pipe.pexpire(key, int(self.lease_s * 1000))
+                pipe.execute()
+            except redis.RedisError as exc:
+                log.warning("renewing batch slot leases failed: %s", exc)
 
     @contextlib.contextmanager
     def held(self, model: ModelRecord, stop: Callable[[], bool]) -> Iterator[bool]:

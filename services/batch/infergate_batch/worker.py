@@ -80,6 +80,7 @@ _sweeper = Sweeper()
 def _start_sweeper(**_: Any) -> None:
     configure_logging("batch")
     _sweeper.start()
+    log.info("batch worker ready")
 
 
 @worker_shutdown.connect
