@@ -16,6 +16,8 @@ from infergate_common.streams import DEFAULT_PREFIX
 
 
 class BatchSettings(BaseModel):
+    # False: the router answers 404 on /files and /batches (no storage configured).
+    batch_enabled: bool = True
     redis_url: str = "redis://127.0.0.1:6379/0"
     # The Celery broker; empty: ``redis_url``.
     batch_broker_url: str = ""

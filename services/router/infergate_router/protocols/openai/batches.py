@@ -43,7 +43,7 @@ from infergate_batch.storage import FileStorage, open_storage
 from infergate_batch.store import BatchStore
 from pydantic import BaseModel
 
-from infergate_common.errors import InvalidRequest
+from infergate_common.errors import InvalidRequest, NotFound
 
 from ..edge import parse_body
 
@@ -80,6 +80,12 @@ def _build(state: BlueprintSetupState) -> None:
     state.app.extensions[EXTENSION] = BatchAPI.build(settings)
     # The app's body limit yields to the file limit on this route only.
     setattr(upload_file, "max_body_bytes", settings.batch_max_file_bytes + MULTIPART_SLACK)  # noqa: B010
+
+
+@blueprint.before_request
+def _enabled() -> None:
+    if not api().settings.batch_enabled:
+        raise NotFound("the Batch API is not enabled on this deployment (batch.enabled in the chart)")
 
 
 def api() -> BatchAPI:
