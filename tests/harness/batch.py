@@ -12,7 +12,7 @@ from typing import Any
 
 from openai import OpenAI
 
-from .processes import Process, stop_all
+from .processes import Process
 from .stack import Stack
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")

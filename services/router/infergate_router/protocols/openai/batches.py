@@ -23,6 +23,8 @@ import redis
 from celery import Celery
 from flask import Blueprint, Response, current_app, request
 from flask.sansio.blueprints import BlueprintSetupState
+from pydantic import BaseModel
+
 from infergate_batch import queue
 from infergate_batch.jsonl import copy_validated
 from infergate_batch.objects import (
@@ -41,8 +43,6 @@ from infergate_batch.objects import (
 from infergate_batch.settings import BatchSettings, settings_from_env
 from infergate_batch.storage import FileStorage, open_storage
 from infergate_batch.store import BatchStore
-from pydantic import BaseModel
-
 from infergate_common.errors import InvalidRequest, NotFound
 
 from ..edge import parse_body
