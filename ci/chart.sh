@@ -77,4 +77,5 @@ for entry in "${values_sets[@]}"; do
 done
 
 say "chart: rendered manifests (pytest)"
-INFERGATE_HELM="$HELM" "$PY" -m pytest -q -p no:cacheprovider tests/test_chart_render.py tests/test_chart_images.py
+INFERGATE_HELM="$HELM" "$PY" -m pytest -q -p no:cacheprovider tests/test_chart_render.py tests/test_chart_images.py \
+    tests/test_chart_batch.py

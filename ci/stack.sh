@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The local stack behind `make run`: redis-server, the registry, the router and
-# one worker per model, under honcho, from a Procfile written to var/stack/.
+# The local stack behind `make run`: redis-server, the registry, the router, a
+# Celery batch worker (the Batch API) and one worker per model, under honcho,
+# from a Procfile written to var/stack/.
 # Ctrl-C stops every process (redis-server included: it runs in the foreground
 # under honcho).
 #
@@ -51,6 +52,7 @@ lines = [
     f"infergate is serving at {router}  (Ctrl-C stops everything)",
     f"  models:  curl {router}/openai/v1/models",
     f"  OpenAI SDK / LangChain base_url: {router}/openai/v1",
+    "  Batch API: client.files.create(..., purpose='batch'), client.batches.create(...) (docs/batch.md)",
 ]
 for name in names:
     model = ready[name]
@@ -204,17 +206,20 @@ HF_HUB_OFFLINE=1
 TRANSFORMERS_OFFLINE=1
 TOKENIZERS_PARALLELISM=false
 PYTHONUNBUFFERED=1
+INFERGATE_BATCH_STORAGE_URL=$STATE/batch-files
 EOF
 {
     echo "redis: exec redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no --dir $STATE/redis"
     echo "registry: INFERGATE_BIND=127.0.0.1:$REGISTRY_PORT exec $VENV/bin/gunicorn --config python:infergate_registry.gunicorn_conf infergate_registry.wsgi:app"
     echo "router: INFERGATE_BIND=0.0.0.0:$PORT exec $VENV/bin/gunicorn --config python:infergate_router.gunicorn_conf infergate_router.wsgi:app"
+    # The Batch API's Celery worker: runs batch lines through the router's dispatch layer.
+    echo "batch: exec $PY -m infergate_batch --concurrency 2"
     for i in "${!workers[@]}"; do
         echo "${names[$i]}: exec ${workers[$i]}"
     done
     echo "ready: exec bash $ROOT/ci/stack.sh --announce $ROUTER_URL $REGISTRY_URL ${names[*]}"
 } >"$STATE/Procfile"
 
-say "starting redis-server, registry, router and ${names[*]} (Procfile: $STATE/Procfile)"
+say "starting redis-server, registry, router, a batch worker and ${names[*]} (Procfile: $STATE/Procfile)"
 say "the router will answer at $ROUTER_URL; a banner with curl examples follows once the models are loaded"
 exec "$VENV/bin/honcho" -f "$STATE/Procfile" -e "$STATE/stack.env" -d "$ROOT" start

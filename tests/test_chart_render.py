@@ -142,7 +142,11 @@ def test_one_worker_deployment_and_service_per_model(chart: Chart, two_models: M
 def test_defaults_render_no_worker(chart: Chart) -> None:
     manifests = chart.render()
     assert not [n for n in manifests.names("Deployment") if "-worker-" in n]
-    assert manifests.names("Deployment") == {chart.name("router"), chart.name("registry")}
+    assert manifests.names("Deployment") == {
+        chart.name("router"),
+        chart.name("registry"),
+        chart.name("batch"),
+    }
     assert manifests.names("StatefulSet") == {chart.name("redis")}
 
 

@@ -191,9 +191,38 @@ def test_banner_curl_commands_work(local_stack: LocalStack) -> None:
         assert done.stdout.strip()
 
 
+def test_batch_round_trip_with_the_sdk(local_stack: LocalStack) -> None:
+    """The README's Batch API example against the local stack's Celery worker."""
+    import io
+    import json
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{local_stack.url}/openai/v1", api_key="unused")
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    lines = [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        for i in range(3)
+    ]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    file = client.files.create(file=("requests.jsonl", io.BytesIO(content)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 120
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.5)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.output_file_id, batch
+    output = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    assert sorted(line["custom_id"] for line in output) == ["r0", "r1", "r2"]
+    assert all(line["response"]["status_code"] == 200 for line in output)
+
+
 def test_ctrl_c_stops_everything(local_stack: LocalStack) -> None:
     children = local_stack.children()
-    assert len(children) == 6  # redis, registry, router, two workers, the banner
+    assert len(children) == 7  # redis, registry, router, the batch worker, two workers, the banner
     assert local_stack.interrupt() in (0, 130, -signal.SIGINT)
     for name, port in local_stack.ports.items():
         assert _port_free(port), f"{name} {port} still bound after Ctrl-C"

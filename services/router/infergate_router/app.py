@@ -29,6 +29,7 @@ from infergate_common.errors import (
 from infergate_common.logs import request_context
 
 from .protocols import kserve
+from .protocols.openai import batches as openai_batches
 from .protocols.openai import routes as openai_routes
 from .protocols.v1 import routes as v1_routes
 from .protocols.v2 import routes as v2_routes
@@ -88,10 +89,11 @@ def register_request_hooks(app: Flask) -> None:
     @app.before_request
     def check_body_size() -> None:
         length = request.content_length
-        if length is not None and length > settings.max_body_bytes:
-            raise PayloadTooLarge(
-                f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}"
-            )
+        # A view may allow larger bodies (file uploads) with a ``max_body_bytes`` attribute.
+        view = app.view_functions.get(request.endpoint or "")
+        limit = getattr(view, "max_body_bytes", settings.max_body_bytes)
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
 
     @app.before_request
     def authenticate() -> None:
@@ -139,6 +141,7 @@ def register_request_hooks(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     app.register_blueprint(openai_routes.blueprint)
     app.register_blueprint(openai_routes.hints)
+    app.register_blueprint(openai_batches.blueprint)
     app.register_blueprint(v1_routes.blueprint)
     app.register_blueprint(v2_routes.blueprint)
 

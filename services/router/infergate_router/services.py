@@ -1,6 +1,8 @@
 """The per-process parts of the router, built once by ``create_app`` and
 reached from views through :func:`services`. Nothing here connects to
-anything until the first request needs it."""
+anything until the first request needs it. The module does not import
+Flask (only :func:`services` does), so the batch workers build the same
+parts with :meth:`RouterServices.build` and dispatch without the app."""
 
 from __future__ import annotations
 
@@ -8,8 +10,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-
-from flask import current_app
 
 from .dispatch import Dispatcher
 from .metrics import RouterMetrics
@@ -91,4 +91,6 @@ class RouterServices:
 
 
 def services() -> RouterServices:
+    from flask import current_app
+
     return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]

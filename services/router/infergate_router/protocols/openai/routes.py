@@ -41,6 +41,7 @@ from .translate import (
     completion,
     completion_params,
     completion_prompts,
+    embedding_inputs,
     embeddings,
     require_chat,
     require_embeddings,
@@ -186,35 +187,12 @@ def resume_stream(request_id: str) -> Response:
     return replay_response(request_id, note.model, formatter, (last_id or "0-0").strip())
 
 
-def _embedding_inputs(
-    raw: str | list[str] | list[int] | list[list[int]],
-) -> tuple[list[str], list[list[int]]]:
-    """Texts, or token id lists to detokenize first (LangChain sends tokens)."""
-    texts: list[str] = []
-    tokens: list[list[int]] = []
-    if isinstance(raw, str):
-        texts = [raw]
-    elif not raw:
-        raise InvalidRequest("input must not be empty", param="input")
-    elif all(isinstance(item, int) for item in raw):
-        tokens = [[int(item) for item in raw]]  # type: ignore[arg-type]
-    else:
-        for item in raw:
-            if isinstance(item, str):
-                texts.append(item)
-            elif isinstance(item, list):
-                tokens.append([int(i) for i in item])
-    if any(not text for text in texts) or any(not ids for ids in tokens):
-        raise InvalidRequest("input must not contain empty strings or empty token lists", param="input")
-    return texts, tokens
-
-
 @blueprint.post("/embeddings")
 def create_embeddings() -> Response:
     body = parse_body(EmbeddingRequest)
     model = resolve_model(body.model)
     require_embeddings(model)
-    texts, tokens = _embedding_inputs(body.input)
+    texts, tokens = embedding_inputs(body.input)
     svc = services()
     rid = request_id()
 

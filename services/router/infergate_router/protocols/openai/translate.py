@@ -149,6 +149,29 @@ def completion_prompts(prompt: str | list[str] | list[int] | list[list[int]]) ->
     return prompts
 
 
+def embedding_inputs(
+    raw: str | list[str] | list[int] | list[list[int]],
+) -> tuple[list[str], list[list[int]]]:
+    """Texts, or token id lists to detokenize first (LangChain sends tokens)."""
+    texts: list[str] = []
+    tokens: list[list[int]] = []
+    if isinstance(raw, str):
+        texts = [raw]
+    elif not raw:
+        raise InvalidRequest("input must not be empty", param="input")
+    elif all(isinstance(item, int) for item in raw):
+        tokens = [[int(item) for item in raw]]  # type: ignore[arg-type]
+    else:
+        for item in raw:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, list):
+                tokens.append([int(i) for i in item])
+    if any(not text for text in texts) or any(not ids for ids in tokens):
+        raise InvalidRequest("input must not contain empty strings or empty token lists", param="input")
+    return texts, tokens
+
+
 # ------------------------------------------------------------- logprobs
 
 
