@@ -23,6 +23,7 @@ from .worker_api import (
     EncodeRequest,
     GenerateRequest,
     StreamAccepted,
+    TabularPredictRequest,
     TokenizeRequest,
 )
 
@@ -109,6 +110,13 @@ def create_worker_app(engine: Engine, stream_key: Callable[[str], str]) -> Flask
         with request_context(req.request_id):
             require_ready()
             return _json(engine.encode(req))
+
+    @app.post("/predict")
+    def predict() -> Response:
+        req = _parse(TabularPredictRequest)
+        with request_context(req.request_id):
+            require_ready()
+            return _json(engine.predict(req))
 
     @app.post("/tokenize")
     def tokenize() -> Response:
