@@ -185,15 +185,17 @@ class RowBatcher:
     def _run(self, batch: list[_Request]) -> bool:
         """Predict one call's rows; False when the model raised (the error is
         kept on each request, to be replaced by a retry's outcome)."""
-        rows = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch])
+        rows = batch[0].rows
         try:
+            if len(batch) > 1:
+                rows = np.concatenate([r.rows for r in batch])
             out = self.predict(rows, batch[0].key)
             if len(out) != len(rows):
                 raise RuntimeError(f"the model returned {len(out)} predictions for {len(rows)} rows")
         except Exception as exc:
             if len(batch) == 1:
                 log.info("prediction failed: %s: %s", type(exc).__name__, exc)
-            self.stats.record(len(batch), len(rows), failed=True)
+            self.stats.record(len(batch), sum(len(r.rows) for r in batch), failed=True)
             for request in batch:
                 request.error = exc
             return False
