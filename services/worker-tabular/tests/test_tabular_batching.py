@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -59,7 +59,7 @@ def _wait_queued(batcher: RowBatcher, count: int) -> None:
         time.sleep(0.005)
 
 
-Queued = list[tuple[np.ndarray, Hashable]]
+Queued = Sequence[tuple[np.ndarray, Hashable]]
 
 
 def _hold_then_queue(
