@@ -34,26 +34,17 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuiltModel]:
     return build_all(tmp_path_factory.mktemp("tabular"))
 
 
+def _command(name: str, folder: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "infergate_worker_tabular",
+        "--model_name", name, "--model_dir", str(folder), "--nthread", "1",
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def tabular(stack: Stack, built: dict[str, BuiltModel]) -> Iterator[dict[str, Worker]]:
     """One worker per model, started side by side."""
-    launched = {
-        name: stack.launch_worker(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "infergate_worker_tabular",
-                "--model_name",
-                name,
-                "--model_dir",
-                str(built[name].folder),
-                "--nthread",
-                "1",
-            ],
-        )  # fmt: skip
-        for name in SERVED
-    }
+    launched = {name: stack.launch_worker(name, _command(name, built[name].folder)) for name in SERVED}
     try:
         for worker in launched.values():
             stack.wait_worker(worker, timeout_s=120)
