@@ -14,8 +14,10 @@ class TabularWorkerSettings(WorkerServerSettings):
     # A local folder; wins over model_dir (as worker-hf's --model_id).
     model_id: str | None = None
     model_dir: str = "/mnt/models"
-    # Threads one prediction uses (KServe's --nthread); None: the library's default.
-    nthread: int | None = Field(None, ge=1)
+    # Threads one prediction uses (KServe's --nthread, and its default: 1). More
+    # helps large batches on cores of their own; OpenMP threads that share busy
+    # cores with the HTTP threads wait on each other, so raise it with care.
+    nthread: int = Field(1, ge=1)
     # scikit-learn: answer predict_proba instead of predict unless a request says otherwise
     # (KServe's PREDICT_PROBA).
     predict_proba: bool = False
