@@ -252,3 +252,59 @@ def test_openai_routes_refuse_a_tabular_model(stack: Stack, tabular: dict[str, W
     with pytest.raises(openai.BadRequestError) as info:
         client.embeddings.create(model="xgb-binary-ubj", input="hi")
     assert "is a tabular model and does not support /embeddings" in info.value.body["message"]  # type: ignore[index]
+
+
+def _binary_infer(stack: Stack, name: str, tensors: list[tuple[dict[str, Any], bytes]]) -> requests.Response:
+    """v2 with the binary tensor data extension: JSON header, then raw values."""
+    inputs = [{**meta, "parameters": {"binary_data_size": len(raw)}} for meta, raw in tensors]
+    header = json.dumps({"inputs": inputs}).encode()
+    return requests.post(
+        f"{stack.router_url}/v2/models/{name}/infer",
+        data=header + b"".join(raw for _, raw in tensors),
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        },
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("dtype", ["FP32", "FP64"])
+def test_v2_binary_tensor_data(
+    stack: Stack, tabular: dict[str, Worker], built: dict[str, BuiltModel], dtype: str
+) -> None:
+    model = built["xgb-multi-ubj"]
+    rows = model.rows.astype(np.float32 if dtype == "FP32" else np.float64)
+    meta = {"name": "x", "shape": list(rows.shape), "datatype": dtype}
+    response = _binary_infer(stack, "xgb-multi-ubj", [(meta, rows.tobytes())])
+    assert response.status_code == 200, response.text
+    output = response.json()["outputs"][0]
+    assert output["shape"] == [9, 3]
+    _assert_equal(output["data"], model.expected(rows.astype(np.float64)).reshape(-1))
+
+
+def test_v2_binary_tensor_data_errors(stack: Stack, tabular: dict[str, Worker]) -> None:
+    rows = np.zeros((2, 6), dtype=np.float32)
+    meta = {"name": "x", "shape": [2, 6], "datatype": "FP32"}
+    # Declares 48 bytes, sends 40.
+    inputs = [{**meta, "parameters": {"binary_data_size": 48}}]
+    header = json.dumps({"inputs": inputs}).encode()
+    response = requests.post(
+        f"{stack.router_url}/v2/models/xgb-binary-ubj/infer",
+        data=header + rows.tobytes()[:40],
+        headers={"Inference-Header-Content-Length": str(len(header))},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "inputs.0.parameters.binary_data_size is 48, but 40 bytes of binary data are left"
+    }
+    # Values for 2 x 5 under a [2, 6] shape.
+    response = _binary_infer(stack, "xgb-binary-ubj", [(meta, rows[:, :5].tobytes())])
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "input x has shape [2, 6], which holds 12 values, but its data has 10"
+    }
+    response = _binary_infer(stack, "xgb-binary-ubj", [({**meta, "datatype": "BYTES"}, b"\x00" * 8)])
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("input x: binary data of datatype BYTES is not supported")

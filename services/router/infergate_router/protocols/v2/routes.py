@@ -16,6 +16,7 @@ from ... import __version__
 from ...services import services
 from .. import kserve, tabular
 from ..edge import parse_body, reachable_models, ready, request_id, resolve_model
+from . import binary
 from .models import (
     InferOutput,
     InferRequest,
@@ -209,6 +210,6 @@ def _infer(model: ModelRecord, body: InferRequest) -> InferResponse:
 @blueprint.post("/models/<name>/infer")
 @blueprint.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
-    body = parse_body(InferRequest)
+    body = binary.parse_binary_request() if binary.has_binary_data() else parse_body(InferRequest)
     model = resolve_model(name)
     return _json(_infer(model, body))
