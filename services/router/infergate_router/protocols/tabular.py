@@ -10,6 +10,7 @@ against its model (feature count, missing values)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from infergate_common.errors import InvalidRequest
@@ -44,6 +45,27 @@ def _number(value: Any, where: str, integer: bool) -> float | None:
     raise InvalidRequest(f"'{where}': expected {expected}, got {shown}", param=where)
 
 
+_PLAIN_NUMBERS = {float, int}
+
+
+def _plain(values: list[Any]) -> bool:
+    """Whether every value is a finite int or float (no bool, None or NaN):
+    two loops in C, so a large request costs little; anything else takes
+    the value-by-value path, which names the first bad value."""
+    if not set(map(type, values)) <= _PLAIN_NUMBERS:
+        return False
+    try:
+        return math.isfinite(math.fsum(values))
+    except OverflowError:
+        return False
+
+
+def _numbers(values: list[Any], where: Callable[[int], str], integer: bool) -> list[float | None]:
+    if _plain(values) and (not integer or float not in set(map(type, values))):
+        return values
+    return [_number(value, where(i), integer) for i, value in enumerate(values)]
+
+
 def v1_rows(instances: list[Any], where: str) -> tuple[list[int], list[float | None]]:
     """``{"instances": [[x, ...], ...]}``: each instance one row, all of one length."""
     data: list[float | None] = []
@@ -65,8 +87,8 @@ def v1_rows(instances: list[Any], where: str) -> tuple[list[int], list[float | N
                 "the same number of features",
                 param=f"{where}.{index}",
             )
-        for column, value in enumerate(row):
-            data.append(_number(value, f"{where}.{index}.{column}", integer=False))
+        prefix = f"{where}.{index}"
+        data.extend(_numbers(row, lambda column: f"{prefix}.{column}", integer=False))  # noqa: B023
     return [len(instances), width or 0], data
 
 
@@ -105,10 +127,7 @@ def v2_rows(
         )
     integer = kind not in _FLOAT_TYPES
     columns = shape[1]
-    data = [
-        _number(value, f"{where}.data[{i // columns}][{i % columns}]", integer)
-        for i, value in enumerate(flat)
-    ]
+    data = _numbers(flat, lambda i: f"{where}.data[{i // columns}][{i % columns}]", integer)
     return list(shape), data
 
 
