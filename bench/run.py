@@ -38,6 +38,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "batching": ("bench.scenarios.batching", True),
     "startup": ("bench.scenarios.startup", True),
     "batch": ("bench.scenarios.batch", False),
+    "tabular": ("bench.scenarios.tabular", True),
     "vllm": ("bench.scenarios.vllm_compare", False),
 }
 

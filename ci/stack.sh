@@ -9,6 +9,9 @@
 #   MODEL_ID     Hub id or local folder to serve instead of the default models
 #   MODEL_NAME   name to serve it under (default: the last part of MODEL_ID)
 #   TASK         task, when it cannot be inferred (text_generation, text_embedding, ...)
+#                A folder holding an XGBoost, LightGBM or scikit-learn model file
+#                (model.json, model.ubj, model.bst, model.txt, model.joblib, model.pkl)
+#                is served by worker-tabular (the framework comes from the file).
 #   BACKEND      auto (default), huggingface or vllm
 #   PORT         the router's port (default 8080)
 #   REDIS_PORT, REGISTRY_PORT, WORKER_PORT   private ports (6390, 8090, 8101 and up)
@@ -58,6 +61,18 @@ for name in names:
     model = ready[name]
     task = model["task"]
     lines.append(f"  {name}: {task} on {model['backend']} ({model['model_id']})")
+    if task == "tabular":
+        infos = [r["info"] for r in model["replicas"] if r.get("info") and r["info"].get("tabular")]
+        width = infos[0]["tabular"]["n_features"] if infos else 1
+        row = ", ".join(["0.5"] * width)
+        lines += [
+            f"    curl {router}/v1/models/{name}:predict -H 'Content-Type: application/json' \\",
+            f"      -d '{{\"instances\": [[{row}]]}}'",
+            f"    curl {router}/v2/models/{name}/infer -H 'Content-Type: application/json' \\",
+            f"      -d '{{\"inputs\": [{{\"name\": \"input-0\", \"shape\": [1, {width}], "
+            f"\"datatype\": \"FP32\", \"data\": [{row}]}}]}}'",
+        ]
+        continue
     if task in ("text_generation", "text2text_generation"):
         if model.get("chat_template"):
             chat = f'{{"model": "{name}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16'
@@ -141,6 +156,15 @@ worker_command() {
     printf '%s' "$cmd"
 }
 
+# The tabular model file in a folder, if it holds one (worker-tabular's names).
+tabular_model_file() {
+    local f
+    for f in model.json model.ubj model.bst model.txt model.joblib model.pkl model.pickle; do
+        if [ -f "$1/$f" ]; then printf '%s' "$f"; return 0; fi
+    done
+    return 1
+}
+
 names=()
 workers=()
 if [ -n "${MODEL_ID:-}" ]; then
@@ -160,7 +184,13 @@ if [ -n "${MODEL_ID:-}" ]; then
     [ -n "$name" ] || { echo "cannot make a model name from '$MODEL_ID': set MODEL_NAME" >&2; exit 2; }
     launcher=no
     if [ "$BACKEND" = vllm ] || { [ "$BACKEND" = auto ] && [ -x "$VLLM_PY" ]; }; then launcher=yes; fi
-    cmd="$(worker_command "$name" "$model" "$WORKER_PORT" "${TASK:-}" "$launcher")"
+    if [ "$offline" = yes ] && model_file="$(tabular_model_file "$model")"; then
+        say "$model holds $model_file: serving it with worker-tabular"
+        cmd="$PY -m infergate_worker_tabular --model_name $(printf %q "$name") --model_dir $(printf %q "$model")"
+        cmd="$cmd --port $WORKER_PORT --registry_url $REGISTRY_URL --redis_url $REDIS_URL"
+    else
+        cmd="$(worker_command "$name" "$model" "$WORKER_PORT" "${TASK:-}" "$launcher")"
+    fi
     if [ "$offline" = no ]; then cmd="env -u HF_HUB_OFFLINE -u TRANSFORMERS_OFFLINE $cmd"; fi
     names+=("$name")
     workers+=("$cmd")

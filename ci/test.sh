@@ -35,6 +35,7 @@ run_suite registry "${PYTEST[@]}" services/registry/tests
 run_suite router "${PYTEST[@]}" services/router/tests
 run_suite worker-hf "${PYTEST[@]}" services/worker-hf/tests
 run_suite batch "${PYTEST[@]}" services/batch/tests
+run_suite worker-tabular "${PYTEST[@]}" services/worker-tabular/tests
 run_suite bench "${PYTEST[@]}" bench/tests
 run_suite integration "${PYTEST[@]}" tests -m "not vllm"
 say "chart"

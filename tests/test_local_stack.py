@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 
 class LocalStack:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, model_env: dict[str, str] | None = None) -> None:
+        """``model_env``: MODEL_ID and the like, as a user sets them (none: the default models)."""
         self.ports = {name: free_port() for name in ("PORT", "REDIS_PORT", "REGISTRY_PORT")}
         # Two consecutive free ports for the two workers.
         self.ports["WORKER_PORT"] = _free_pair()
@@ -38,6 +39,7 @@ class LocalStack:
         }
         for name in ("MODEL_ID", "MODEL_NAME", "TASK", "BACKEND"):
             env.pop(name, None)
+        env.update(model_env or {})
         env["OMP_NUM_THREADS"] = "1"
         self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(

@@ -102,9 +102,10 @@ helm.sh/chart: {{ include "infergate.chart" .root }}
 {{- printf "%s-worker-%s" (include "infergate.fullname" .root) .name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* infergate.runtimeKey: the `runtimes` entry a model runs with: huggingface, or vllm for auto and vllm. */}}
+{{/* infergate.runtimeKey: the `runtimes` entry a model runs with: huggingface, tabular, or vllm for auto and vllm. */}}
 {{- define "infergate.runtimeKey" -}}
-{{- if eq (default "auto" .runtime) "huggingface" }}huggingface{{ else }}vllm{{ end }}
+{{- $runtime := default "auto" .runtime }}
+{{- if has $runtime (list "huggingface" "tabular") }}{{ $runtime }}{{ else }}vllm{{ end }}
 {{- end }}
 
 {{/* infergate.modelDomains: the global domains plus the model's own, as a JSON list (dict root, model). */}}

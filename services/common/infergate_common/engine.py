@@ -17,6 +17,8 @@ from .worker_api import (
     EncodeResponse,
     GenerateRequest,
     GenerateResponse,
+    TabularPredictRequest,
+    TabularPredictResponse,
     TokenizeRequest,
     TokenizeResponse,
     WorkerInfo,
@@ -52,6 +54,9 @@ class Engine(ABC):
 
     def encode(self, request: EncodeRequest) -> EncodeResponse:
         raise NotImplementedForModel(f"task {self.info().task.value} does not encode inputs")
+
+    def predict(self, request: TabularPredictRequest) -> TabularPredictResponse:
+        raise NotImplementedForModel(f"task {self.info().task.value} does not predict from numeric rows")
 
     def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         raise NotImplementedForModel("this engine has no tokenizer")

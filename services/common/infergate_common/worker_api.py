@@ -14,6 +14,10 @@ Routes (all JSON):
 * ``POST /tokenize`` :class:`TokenizeRequest` -> :class:`TokenizeResponse`.
 * ``POST /detokenize`` :class:`DetokenizeRequest` -> :class:`DetokenizeResponse`.
 * ``POST /cancel/<request_id>`` -> ``{"cancelled": bool}``.
+* ``POST /predict`` :class:`TabularPredictRequest` ->
+  :class:`TabularPredictResponse`: numeric rows through a tabular model
+  (XGBoost, LightGBM, scikit-learn); the schema the rows must follow is
+  :class:`TabularSchema`, in ``WorkerInfo.tabular``.
 
 Errors are ``{"error": {"message", "type", "param", "code", "status"}}`` with
 the matching HTTP status (:func:`infergate_common.errors.to_payload`).
@@ -26,7 +30,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
 
 
 class Task(StrEnum):
@@ -36,6 +40,8 @@ class Task(StrEnum):
     TEXT_GENERATION = "text_generation"
     TEXT2TEXT_GENERATION = "text2text_generation"
     TEXT_EMBEDDING = "text_embedding"
+    # Numeric feature rows in, one prediction per row out (worker-tabular).
+    TABULAR = "tabular"
 
     @property
     def generative(self) -> bool:
@@ -45,6 +51,10 @@ class Task(StrEnum):
 class Backend(StrEnum):
     HUGGINGFACE = "huggingface"
     VLLM = "vllm"
+    # worker-tabular, one per framework (KServe's platform names).
+    XGBOOST = "xgboost"
+    LIGHTGBM = "lightgbm"
+    SKLEARN = "sklearn"
     # A benchmark engine that answers instantly; it never serves users.
     NULL = "null"
 
@@ -58,6 +68,26 @@ class _Model(BaseModel):
 
 
 # --------------------------------------------------------------------- info
+
+
+class TabularSchema(_Model):
+    """What a tabular model takes and gives: each request row has
+    ``n_features`` values, each prediction is a scalar (``outputs`` 1) or a
+    list of ``outputs`` values, of ``output_datatype`` (a v2 datatype)."""
+
+    n_features: int = Field(ge=1)
+    feature_names: list[str] | None = None
+    # The model's objective (``binary:logistic``, ``regression``, the estimator class, ...).
+    objective: str
+    outputs: int = Field(1, ge=1)
+    output_datatype: str = "FP32"
+    # Class labels of a classifier, where the model has them.
+    classes: list[Any] | None = None
+    # Whether a missing value (null or NaN) is allowed in a row.
+    allow_missing: bool = True
+    # Output options a request may ask for.
+    predict_proba: bool = False
+    raw_margin: bool = False
 
 
 class WorkerInfo(_Model):
@@ -82,6 +112,8 @@ class WorkerInfo(_Model):
     capacity: int | None = None
     # Extra facts for humans (labels of a classifier, engine flags, ...).
     extra: dict[str, Any] = Field(default_factory=dict)
+    # Tabular models: the rows they take and the predictions they give.
+    tabular: TabularSchema | None = None
 
 
 # ----------------------------------------------------------------- generate
@@ -313,6 +345,44 @@ class EncodeResponse(_Model):
     shape: list[int]
     offsets_mapping: list[Any] | None = None
     usage: Usage
+
+
+# ------------------------------------------------------------------ predict
+
+
+class TabularPredictRequest(_Model):
+    """Rows for a tabular model, row-major: ``data`` holds ``shape[0]`` rows
+    of ``shape[1]`` numbers each; null is a missing value. The router has
+    checked the protocol's datatype; the worker checks the rows against its
+    :class:`TabularSchema`."""
+
+    request_id: str = Field(min_length=1, max_length=200)
+    shape: list[int] = Field(min_length=2, max_length=2)
+    data: list[StrictFloat | None]
+    # Class probabilities instead of labels (estimators with predict_proba).
+    predict_proba: bool | None = None
+    # Untransformed margins instead of the objective's output (XGBoost, LightGBM).
+    raw_margin: bool | None = None
+
+    @model_validator(mode="after")
+    def _data_fills_shape(self) -> TabularPredictRequest:
+        rows, columns = self.shape
+        if rows < 1 or columns < 1:
+            raise ValueError(f"shape {self.shape} must have at least one row and one column")
+        if rows * columns != len(self.data):
+            raise ValueError(f"shape {self.shape} needs {rows * columns} values, data has {len(self.data)}")
+        return self
+
+
+class TabularPredictResponse(_Model):
+    """One prediction per row: a scalar, or a list of ``shape[1]`` values
+    (class probabilities, several targets). ``datatype`` and ``shape``
+    describe the same data as a v2 tensor."""
+
+    request_id: str
+    predictions: list[Any]
+    datatype: str
+    shape: list[int]
 
 
 # ----------------------------------------------------------------- tokenize

@@ -24,6 +24,7 @@ from .worker_api import (
     EncodeRequest,
     GenerateRequest,
     StreamAccepted,
+    TabularPredictRequest,
     TokenizeRequest,
 )
 
@@ -133,6 +134,13 @@ def create_worker_app(
             require_ready()
             with admission.admit(req.request_id):
                 return _json(engine.encode(req))
+
+    @app.post("/predict")
+    def predict() -> Response:
+        req = _parse(TabularPredictRequest)
+        with request_context(req.request_id):
+            require_ready()
+            return _json(engine.predict(req))
 
     @app.post("/tokenize")
     def tokenize() -> Response:

@@ -22,6 +22,8 @@ from infergate_common.worker_api import (
     GenerateRequest,
     GenerateResponse,
     StreamAccepted,
+    TabularPredictRequest,
+    TabularPredictResponse,
 )
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,9 @@ class WorkerClient:
 
     def encode(self, replica: str, request: EncodeRequest) -> EncodeResponse:
         return self._parse(self._post(f"{replica}/encode", request), EncodeResponse)
+
+    def predict(self, replica: str, request: TabularPredictRequest) -> TabularPredictResponse:
+        return self._parse(self._post(f"{replica}/predict", request), TabularPredictResponse)
 
     def detokenize(self, replica: str, request: DetokenizeRequest) -> DetokenizeResponse:
         return self._parse(self._post(f"{replica}/detokenize", request), DetokenizeResponse)

@@ -50,6 +50,9 @@ class Parameters(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     ignore_eos: bool | None = None
+    # Tabular models: class probabilities (scikit-learn), untransformed margins (XGBoost, LightGBM).
+    predict_proba: bool | None = None
+    raw_margin: bool | None = None
 
     def merged(self, other: Parameters | None) -> Parameters:
         if other is None:

@@ -60,9 +60,17 @@ def finish_reason(reason: FinishReason | str | None) -> str | None:
 # ----------------------------------------------------------- model checks
 
 
+_TABULAR_HINT = (
+    " It predicts from numeric rows: use KServe v1 POST /v1/models/<name>:predict or v2 "
+    "POST /v2/models/<name>/infer."
+)
+
+
 def require_generative(model: ModelRecord, route: str) -> None:
     if not model.task.generative:
         hint = " Use /openai/v1/embeddings." if model.task == Task.TEXT_EMBEDDING else ""
+        if model.task == Task.TABULAR:
+            hint = _TABULAR_HINT
         raise InvalidRequest(
             f"Model {model.name} is a {model.task.value} model and does not support {route}.{hint}",
             param="model",
@@ -81,8 +89,9 @@ def require_chat(model: ModelRecord) -> None:
 
 def require_embeddings(model: ModelRecord) -> None:
     if model.task != Task.TEXT_EMBEDDING:
+        hint = _TABULAR_HINT if model.task == Task.TABULAR else ""
         raise InvalidRequest(
-            f"Model {model.name} is a {model.task.value} model and does not support /embeddings.",
+            f"Model {model.name} is a {model.task.value} model and does not support /embeddings.{hint}",
             param="model",
         )
 
