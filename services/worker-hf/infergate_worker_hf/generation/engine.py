@@ -8,13 +8,14 @@ import threading
 from typing import Any
 
 from infergate_common.errors import InvalidRequest, ServiceUnavailable
+from infergate_common.limits import check_logit_bias_vocabulary, check_sampling
 from infergate_common.worker_api import GenerateRequest, GenerateResponse, Task
 
 from ..base_engine import HFEngine
 from ..loading import LoadedModel
 from ..settings import HFWorkerSettings
 from .detokenizer import TokenTexts
-from .prompts import eos_token_ids, prepare_prompt
+from .prompts import eos_token_ids, logits_width, prepare_prompt
 from .runners import runner_for
 from .scheduler import Scheduler
 from .sequence import ChoiceState, Job
@@ -79,6 +80,8 @@ class GenerationEngine(HFEngine):
         scheduler, texts = self.scheduler, self.texts
         if scheduler is None or texts is None or not scheduler.alive():
             raise ServiceUnavailable("the generation engine is not running")
+        check_sampling(request.params, self.settings)
+        check_logit_bias_vocabulary(request.params.logit_bias, logits_width(loaded))
         prompt = prepare_prompt(request, loaded, self.render_chat, self.encode_text, self.eos_ids)
         with self._jobs_lock:
             if request.request_id in self._jobs:
