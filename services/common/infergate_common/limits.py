@@ -112,8 +112,6 @@ def check_sampling(params: SamplingParams, limits: GenerationLimits) -> None:
     check_count(
         "stop sequence too long (characters)", longest, limits.max_stop_length, "max_stop_length", "stop"
     )
-    if any(not stop for stop in params.stop):
-        raise InvalidRequest("'stop': stop sequences must not be empty", param="stop")
     check_seed(params.seed)
     if params.logit_bias:
         check_logit_bias_values(params.logit_bias, limits)
