@@ -147,6 +147,9 @@ class SamplingParams(_Model):
     # Completions only: return the prompt before the completion.
     echo: bool = False
     ignore_eos: bool = False
+    # Token id -> bias added to its logit before sampling (OpenAI's
+    # logit_bias); the bounds are in ``infergate_common.limits``.
+    logit_bias: dict[int, float] | None = None
 
 
 # ----------------------------------------------- tools and structured outputs
@@ -322,6 +325,9 @@ class EncodeRequest(_Model):
     return_labels: bool | None = None
     # Embeddings: truncate to this many dimensions (OpenAI ``dimensions``).
     dimensions: int | None = Field(None, ge=1)
+    # Fill mask: how many tokens to return per mask with probabilities or
+    # raw logits (default: the worker's ``--fill_mask_top_k``).
+    top_k: int | None = Field(None, ge=1)
 
 
 class EncodeResponse(_Model):
@@ -332,7 +338,8 @@ class EncodeResponse(_Model):
     * token classification: ``[[label, ...]]`` per input (KServe's nested
       shape, special and padding positions included);
     * fill mask: the decoded token at each mask (a str, or a list when an
-      input has several masks);
+      input has several masks); with probabilities or raw logits, per mask a
+      map of the top k token ids to their value;
     * embeddings: a list of floats.
 
     ``datatype`` and ``shape`` describe the same data as a v2 tensor.

@@ -34,7 +34,10 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def _parse(model: type[ModelT]) -> ModelT:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise InvalidRequest("the request body nests arrays and objects too deeply") from None
     if body is None:
         raise InvalidRequest("request body must be a JSON object")
     try:

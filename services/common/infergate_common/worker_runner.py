@@ -231,6 +231,9 @@ def run_worker(engine: Engine, settings: WorkerServerSettings) -> int:
         connection_limit=settings.connection_limit,
         channel_timeout=3600,
         ident="infergate-worker",
+        # select() fails on descriptors above 1024, which a burst of
+        # connections reaches: poll() has no such bound.
+        asyncore_use_poll=True,
     )
     registration = Registration(engine, settings, admission.capacity) if settings.registry_url else None
     health = None
@@ -241,6 +244,7 @@ def run_worker(engine: Engine, settings: WorkerServerSettings) -> int:
         target=_load, args=(engine, registration, failed), name="engine-load", daemon=True
     )
     loader.start()
+    stopping = threading.Event()
 
     def leave_loop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)
@@ -255,6 +259,7 @@ def run_worker(engine: Engine, settings: WorkerServerSettings) -> int:
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("stopping on signal %s", signum)
+        stopping.set()
         drain.begin(settings.drain_s if signum == signal.SIGTERM else 0.0)
 
     signal.signal(signal.SIGTERM, stop)
@@ -266,17 +271,21 @@ def run_worker(engine: Engine, settings: WorkerServerSettings) -> int:
 
     threading.Thread(target=watch_failure, daemon=True).start()
     log.info("worker listening", extra={"url": settings.replica_url()})
+    crashed = False
     try:
         server.run()
     except SystemExit:
         pass
     except (OSError, ValueError):
-        # waitress raises when its sockets close under it during shutdown.
-        pass
+        # waitress raises when its sockets close under it during shutdown;
+        # anywhere else the serving loop died, which must not pass silently.
+        if not stopping.is_set() and not failed.is_set():
+            log.exception("the HTTP server stopped unexpectedly")
+            crashed = True
     finally:
         if registration is not None:
             registration.deregister()
         if health is not None:
             health.shutdown()
         engine.shutdown()
-    return 1 if failed.is_set() else 0
+    return 1 if failed.is_set() or crashed else 0

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from infergate_common.errors import InvalidRequest
+from infergate_common.limits import check_count, check_encode
 from infergate_common.worker_api import EncodeRequest, EncodeResponse, Usage
 
 from .base_engine import HFEngine
@@ -164,6 +165,7 @@ class EncoderEngine(HFEngine):
     # ------------------------------------------------------ request thread
 
     def encode(self, request: EncodeRequest) -> EncodeResponse:
+        check_encode(request, self.settings)
         options = resolve_options(request, self.settings)
         self.check_request(request, options)
         encoded = self.tokenize_inputs(request.inputs, options.offsets_mapping)
@@ -192,6 +194,8 @@ class EncoderEngine(HFEngine):
     def check_request(self, request: EncodeRequest, options: OutputOptions) -> None:
         if request.dimensions is not None:
             raise InvalidRequest("'dimensions' applies to embeddings only", param="dimensions")
+        if request.top_k is not None:
+            raise InvalidRequest("'top_k' applies to fill mask only", param="top_k")
 
     def make_rows(self, request: EncodeRequest, encoded: dict[str, Any]) -> list[EncoderRow]:
         ids_list: list[list[int]] = encoded["input_ids"]
@@ -339,6 +343,25 @@ class TokenClassificationEngine(EncoderEngine):
 
 
 class FillMaskEngine(EncoderEngine):
+    def check_request(self, request: EncodeRequest, options: OutputOptions) -> None:
+        if request.dimensions is not None:
+            raise InvalidRequest("'dimensions' applies to embeddings only", param="dimensions")
+        self.top_k(request)
+
+    def top_k(self, request: EncodeRequest) -> int:
+        """The tokens returned per mask: the request's ``top_k`` within
+        ``--max_fill_mask_top_k``, else ``--fill_mask_top_k``."""
+        if request.top_k is None:
+            return self.settings.fill_mask_top_k
+        check_count(
+            "too many tokens per mask ('top_k')",
+            request.top_k,
+            self.settings.max_fill_mask_top_k,
+            "max_fill_mask_top_k",
+            "top_k",
+        )
+        return request.top_k
+
     def make_rows(self, request: EncodeRequest, encoded: dict[str, Any]) -> list[EncoderRow]:
         rows = super().make_rows(request, encoded)
         tokenizer = self.require_loaded().tokenizer
@@ -372,14 +395,22 @@ class FillMaskEngine(EncoderEngine):
     ) -> Shaped:
         n = len(results)
         if options.raw_logits or options.probabilities:
-            # KServe's shape: per input, per mask, a map over the vocabulary.
-            keys = [str(j) for j in range(int(results[0].shape[1]))]
+            # Per input, per mask, the k most likely token ids with their
+            # probability (or logit), most likely first: never the vocabulary.
+            k = min(self.top_k(request), int(results[0].shape[1]))
             maps: list[Any] = []
             for r in results:
-                if options.raw_logits:
-                    maps.append([dict(zip(keys, masked.tolist(), strict=True)) for masked in r])
-                else:
-                    maps.append([_probability_map(masked, keys) for masked in r])
+                values = r.softmax(dim=-1) if options.probabilities else r
+                top_values, top_ids = values.topk(k, dim=-1)
+                maps.append(
+                    [
+                        {
+                            str(token): round(value, PROBABILITY_DECIMALS) if options.probabilities else value
+                            for token, value in zip(ids, scores, strict=True)
+                        }
+                        for ids, scores in zip(top_ids.tolist(), top_values.tolist(), strict=True)
+                    ]
+                )
             return Shaped(maps, "BYTES", [n])
         tokenizer = self.require_loaded().tokenizer
         predictions: list[Any] = []

@@ -26,6 +26,7 @@ from infergate_common.errors import (
     InvalidRequest,
     ServiceUnavailable,
 )
+from infergate_common.limits import check_logit_bias_vocabulary, check_sampling
 from infergate_common.streams import (
     HEARTBEAT_INTERVAL_S,
     DeltaEvent,
@@ -281,6 +282,8 @@ class VllmEngine(Engine):
         self._require_loaded()
         check_tools(request)
         params = request.params
+        check_sampling(params, self.settings)
+        check_logit_bias_vocabulary(params.logit_bias, int(self.llm.model_config.get_vocab_size()))
         # Echo is a completions feature; a chat returns only the answer.
         echo = params.echo and request.messages is None
         with self._tokenizer_lock:

@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from infergate_common.errors import InvalidRequest, ServiceUnavailable
+from infergate_common.limits import check_logit_bias_vocabulary, check_sampling
 from infergate_common.tool_calls import DEFAULT_PARSER, check_tools, extractor_factory, parser_name_for
 from infergate_common.worker_api import GenerateRequest, GenerateResponse, Task
 
@@ -16,7 +17,7 @@ from ..loading import LoadedModel
 from ..settings import HFWorkerSettings
 from .constraints import GrammarCache, TokenConstraint, constraint_for
 from .detokenizer import TokenTexts
-from .prompts import eos_token_ids, prepare_prompt
+from .prompts import eos_token_ids, logits_width, prepare_prompt
 from .runners import runner_for
 from .scheduler import Scheduler
 from .sequence import ChoiceState, Job, PreparedPrompt
@@ -99,6 +100,8 @@ class GenerationEngine(HFEngine):
         if scheduler is None or texts is None or not scheduler.alive():
             raise ServiceUnavailable("the generation engine is not running")
         check_tools(request)
+        check_sampling(request.params, self.settings)
+        check_logit_bias_vocabulary(request.params.logit_bias, logits_width(loaded))
         prompt = prepare_prompt(request, loaded, self.render_chat, self.encode_text, self.eos_ids)
         self._add_constraints(request, prompt)
         with self._jobs_lock:

@@ -19,10 +19,12 @@ from infergate_common.worker_api import (
     GenerateResponse,
 )
 
+from ... import limits
 from ...client_watch import client_watch
 from ...services import services
 from ..edge import ENTRY_ID, parse_body, reachable_models, ready, request_id, resolve_model, run_all
 from ..streaming import replay_response, stream_response
+from . import unsupported
 from .models import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -47,6 +49,7 @@ from .translate import (
     require_embeddings,
     require_generative,
 )
+from .unsupported import refuse_unsupported
 
 blueprint = Blueprint("openai", __name__, url_prefix="/openai/v1")
 hints = Blueprint("openai_hints", __name__)
@@ -107,10 +110,14 @@ def _generate(model: ModelRecord, req: GenerateRequest) -> GenerateResponse:
 @blueprint.post("/completions")
 def completions() -> Response:
     body = parse_body(CompletionRequest)
+    refuse_unsupported(body, unsupported.COMPLETIONS)
     model = resolve_model(body.model)
     require_generative(model, "/completions")
+    limits.check_logprobs(body.logprobs, "logprobs")
     params = completion_params(body, model)
+    limits.check_generation(params, model)
     prompts = completion_prompts(body.prompt)
+    limits.check_prompts(len(prompts))
     rid = request_id()
     created = int(time.time())
     ids = [rid] if len(prompts) == 1 else [f"{rid}-{i}" for i in range(len(prompts))]
@@ -134,9 +141,12 @@ def completions() -> Response:
 @blueprint.post("/chat/completions")
 def chat_completions() -> Response:
     body = parse_body(ChatCompletionRequest)
+    refuse_unsupported(body, unsupported.CHAT)
     model = resolve_model(body.model)
     require_chat(model)
+    limits.check_logprobs(body.top_logprobs, "top_logprobs")
     params = chat_params(body)
+    limits.check_generation(params, model)
     rid = request_id()
     created = int(time.time())
     req = chat_generate_request(rid, body, params)
@@ -190,9 +200,11 @@ def resume_stream(request_id: str) -> Response:
 @blueprint.post("/embeddings")
 def create_embeddings() -> Response:
     body = parse_body(EmbeddingRequest)
+    refuse_unsupported(body, unsupported.EMBEDDINGS)
     model = resolve_model(body.model)
     require_embeddings(model)
     texts, tokens = embedding_inputs(body.input)
+    limits.check_embedding_inputs(len(texts) + len(tokens))
     svc = services()
     rid = request_id()
 

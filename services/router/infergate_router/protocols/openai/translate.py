@@ -21,6 +21,7 @@ from infergate_common.worker_api import (
     ToolCallDelta,
 )
 
+from ...limits import logit_bias_ids
 from .models import (
     AssistantMessage,
     ChatChoice,
@@ -124,6 +125,7 @@ def _sampling(body: _Sampling, max_tokens: int | None, logprobs: int | None, ech
         logprobs=logprobs,
         echo=echo,
         ignore_eos=bool(body.ignore_eos),
+        logit_bias=logit_bias_ids(body.logit_bias),
     )
 
 

@@ -12,6 +12,7 @@ from infergate_common.errors import InfergateError, ServiceUnavailable
 from infergate_common.streams import DeltaEvent, DoneEvent, ErrorEvent
 from infergate_common.worker_api import Task, Usage
 
+from ... import limits
 from ...sse import DONE, SseEvent
 from ...stream_reader import Entry
 from .. import kserve, tabular
@@ -80,6 +81,7 @@ def predict(name: str) -> Response:
     body = parse_body(PredictRequest)
     model = resolve_model(name)
     items, where = body.items()
+    limits.check_v1_instances(len(items), where)
     params = kserve.parameters(body.parameters)
     rid = request_id()
     if model.task == Task.TABULAR:
@@ -92,7 +94,7 @@ def predict(name: str) -> Response:
             PredictResponse(predictions=response.predictions, offsets_mapping=response.offsets_mapping)
         )
     stream = bool(body.stream or params.stream)
-    requests = kserve.generate_requests(rid, kserve.prompts(items, where), params, stream)
+    requests = kserve.generate_requests(model, rid, kserve.prompts(items, where), params, stream)
     if stream:
         return stream_response(model, requests, V1Stream(requests[0].params.n, single=len(requests) == 1))
     responses = kserve.generate_all(model, requests)

@@ -12,12 +12,13 @@ from infergate_common.errors import InfergateError, InvalidRequest
 from infergate_common.registry_api import ModelRecord
 from infergate_common.worker_api import Task
 
-from ... import __version__
+from ... import __version__, limits
 from ...services import services
 from .. import kserve, tabular
 from ..edge import parse_body, reachable_models, ready, request_id, resolve_model
 from . import binary
 from .models import (
+    InferInput,
     InferOutput,
     InferRequest,
     InferResponse,
@@ -115,12 +116,10 @@ def model_ready(name: str, version: str | None = None) -> Response:
 
 
 def _flatten(values: list[Any]) -> list[Any]:
-    flat: list[Any] = []
-    for value in values:
-        if isinstance(value, list):
-            flat.extend(_flatten(value))
-        else:
-            flat.append(value)
+    """Nested tensor data in row-major order, level by level (no recursion)."""
+    flat = values
+    while any(isinstance(value, list) for value in flat):
+        flat = [item for value in flat for item in (value if isinstance(value, list) else [value])]
     return flat
 
 
@@ -132,16 +131,44 @@ def _shape(values: Any) -> list[int]:
     return shape
 
 
-def _input_texts(body: InferRequest) -> list[str]:
-    tensor = body.inputs[0]
-    if tensor.datatype.upper() != "BYTES":
-        raise InvalidRequest(f"input {tensor.name} must have datatype BYTES, not {tensor.datatype}")
-    data = _flatten(tensor.data)
+def _elements(tensor: InferInput) -> int:
+    """The element count the shape declares; a negative dimension is a 400."""
+    if any(dim < 0 for dim in tensor.shape):
+        raise InvalidRequest(f"input {tensor.name}: shape {tensor.shape} has a negative dimension")
     count = 1
     for dim in tensor.shape:
         count *= dim
-    if count != len(data):
+    return count
+
+
+def _check_layout(tensor: InferInput, count: int) -> list[Any]:
+    """The data, flat, once it agrees with the shape: flat data of the
+    declared size, or nested data whose every level has the declared length."""
+    data = tensor.data
+    if any(isinstance(item, list) for item in data):
+        level: list[Any] = [data]
+        for depth, dim in enumerate(tensor.shape):
+            if any(not isinstance(node, list) or len(node) != dim for node in level):
+                raise InvalidRequest(
+                    f"input {tensor.name}: nested data does not have shape {tensor.shape} "
+                    f"(dimension {depth} differs)"
+                )
+            level = [item for node in level for item in node]
+        if any(isinstance(node, list) for node in level):
+            raise InvalidRequest(f"input {tensor.name}: data nests deeper than shape {tensor.shape}")
+        data = level
+    if len(data) != count:
         raise InvalidRequest(f"input {tensor.name} has shape {tensor.shape} but {len(data)} elements")
+    return data
+
+
+def _input_texts(body: InferRequest) -> list[str]:
+    counts = [_elements(tensor) for tensor in body.inputs]
+    limits.check_v2_elements(sum(counts))
+    tensor = body.inputs[0]
+    if tensor.datatype.upper() != "BYTES":
+        raise InvalidRequest(f"input {tensor.name} must have datatype BYTES, not {tensor.datatype}")
+    data = _check_layout(tensor, counts[0])
     if not data:
         raise InvalidRequest(f"input {tensor.name} is empty")
     if not all(isinstance(item, str) for item in data):
@@ -177,7 +204,8 @@ def _infer(model: ModelRecord, body: InferRequest) -> InferResponse:
     rid = request_id()
     if model.task.generative:
         items = [kserve.Prompt(prompt=text) for text in texts]
-        responses = kserve.generate_all(model, kserve.generate_requests(rid, items, params, stream=False))
+        requests = kserve.generate_requests(model, rid, items, params, stream=False)
+        responses = kserve.generate_all(model, requests)
         generated = [choice.text for response in responses for choice in response.choices]
         shape = (
             [len(responses)]
