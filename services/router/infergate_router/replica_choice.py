@@ -1,16 +1,17 @@
-"""Among a model's ready replicas, the one with the fewest requests in flight
-from this process. Ties are broken at random so that several router
-processes do not all pile onto the same replica."""
+"""Requests in flight per replica from this process, and the one place a
+replica is chosen: :meth:`InFlight.choose` applies the model's routing
+policy (:mod:`infergate_router.routing_policies`) to its ready replicas."""
 
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 from collections.abc import Iterator
 
 from infergate_common.errors import ServiceUnavailable
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
+
+from .routing_policies import choose_replica, current_hint
 
 
 class InFlight:
@@ -28,8 +29,7 @@ class InFlight:
         ready = [r for r in model.replicas if r.ready and r.url not in (exclude or set())]
         if not ready:
             raise ServiceUnavailable(f"Model with name {model.name} has no ready replica.")
-        lowest = min(self.count(r.url) for r in ready)
-        return random.choice([r for r in ready if self.count(r.url) == lowest])
+        return choose_replica(model.routing_policy, ready, self.count, current_hint())
 
     def acquire(self, url: str) -> None:
         with self._lock:
