@@ -7,9 +7,10 @@ each block is named by a hash chained over every block before it (a block
 is reusable only after the same prefix, as in vLLM's automatic prefix
 caching). The cache keeps the ``capacity_blocks`` most recently used
 blocks. A prefill takes ``ms_per_token`` per word after the longest cached
-run of leading blocks, and a replica computes one prefill at a time (a real
-engine's prefill fills its compute), so a replica that receives too much
-queues. :class:`LoadMeter` keeps the time integral of the requests in
+run of leading blocks, computed one block at a time with the replica's
+compute held per block (as an engine's chunked prefill): concurrent
+prefills share the replica, so a replica that receives too much is slower
+for all of its requests, and a short prefill is not stuck behind a long one. :class:`LoadMeter` keeps the time integral of the requests in
 flight, so the benchmark gets each replica's mean load.
 """
 
@@ -63,10 +64,11 @@ class PrefixCacheModel:
             self.prompt_tokens += len(words)
             self.cached_tokens += cached
             self.prefills += 1
-        seconds = (len(words) - cached) * self.s_per_token
-        with self._compute:
-            time.sleep(seconds)
-        return seconds
+        uncached = len(words) - cached
+        for start in range(0, uncached, self.block_tokens):
+            with self._compute:
+                time.sleep(min(self.block_tokens, uncached - start) * self.s_per_token)
+        return uncached * self.s_per_token
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from infergate_common.errors import ServiceUnavailable
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
 
-from .routing_policies import choose_replica, current_hint
+from .routing_policies import PrefixTable, choose_replica, current_hint
 
 
 class InFlight:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self.prefixes = PrefixTable()
 
     def count(self, url: str) -> int:
         return self._counts.get(url, 0)
@@ -29,7 +30,9 @@ class InFlight:
         ready = [r for r in model.replicas if r.ready and r.url not in (exclude or set())]
         if not ready:
             raise ServiceUnavailable(f"Model with name {model.name} has no ready replica.")
-        return choose_replica(model.routing_policy, ready, self.count, current_hint())
+        return choose_replica(
+            model.routing_policy, ready, self.count, current_hint(), self.prefixes, model.name
+        )
 
     def acquire(self, url: str) -> None:
         with self._lock:

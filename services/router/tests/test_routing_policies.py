@@ -11,8 +11,10 @@ from infergate_common.worker_api import Backend, Task
 from infergate_router.replica_choice import InFlight
 from infergate_router.routing_policies import (
     LOAD_FACTOR,
+    PrefixTable,
     bounded_hash,
     choose_replica,
+    prefix_owner,
     prompt_prefix,
     set_route_hint,
 )
@@ -60,10 +62,10 @@ def test_a_replica_leaving_moves_only_its_own_keys() -> None:
 def test_bounded_load_spills_a_hot_key_to_its_next_replica() -> None:
     home = bounded_hash(REPLICAS, _idle, "hot")
     loads = {r.url: 8 for r in REPLICAS}
-    loads[home.url] = 11  # mean after this request is 8.25 + 0.25; the cap 1.25x of it is 10.6
+    loads[home.url] = 14  # the mean after this request is 9.75; the bound, 1.5x of it, 14.6
     spilled = bounded_hash(REPLICAS, loads.__getitem__, "hot")
     assert spilled is not home
-    loads[home.url] = 9
+    loads[home.url] = 12
     assert bounded_hash(REPLICAS, loads.__getitem__, "hot") is home
 
 
@@ -76,11 +78,38 @@ def test_keyed_choice_under_a_closed_loop_stays_within_the_bound() -> None:
     assert max(loads.values()) <= LOAD_FACTOR * 32 / 4 + 1e-9
 
 
+def test_prefixes_are_spread_one_per_replica_then_stick() -> None:
+    """A few prefixes: hashing alone would pile some on one replica; the
+    table gives each new prefix to the replica holding the fewest."""
+    table = PrefixTable()
+    owners = [prefix_owner(REPLICAS, _idle, f"system prompt {i}", table, "m").url for i in range(8)]
+    assert sorted(collections.Counter(owners).values()) == [2, 2, 2, 2]
+    again = [prefix_owner(REPLICAS, _idle, f"system prompt {i}", table, "m").url for i in range(8)]
+    assert again == owners
+    # A replica that left: its prefixes find new owners; the others stay.
+    rest = REPLICAS[1:]
+    moved = [prefix_owner(rest, _idle, f"system prompt {i}", table, "m").url for i in range(8)]
+    assert all(m == o for m, o in zip(moved, owners, strict=True) if o != REPLICAS[0].url)
+    # Over the bound, a request spills; the owner stays the owner.
+    loads = {r.url: 4 for r in REPLICAS}
+    loads[owners[0]] = 9
+    assert prefix_owner(REPLICAS, loads.__getitem__, "system prompt 0", table, "m").url != owners[0]
+    assert prefix_owner(REPLICAS, _idle, "system prompt 0", table, "m").url == owners[0]
+
+
+def test_the_prefix_table_is_bounded() -> None:
+    table = PrefixTable(capacity=3)
+    for i in range(10):
+        table.assign("m", f"k{i}", REPLICAS[i % 2].url)
+    assert table.owner("m", "k0") is None and table.owner("m", "k9") == REPLICAS[1].url
+    assert table.held(REPLICAS[0].url) + table.held(REPLICAS[1].url) == 3
+
+
 def test_policies_fall_back_to_fewest_in_flight_without_a_key() -> None:
     loads = {r.url: 3 for r in REPLICAS}
     loads[REPLICAS[2].url] = 1
     for policy in RoutingPolicy:
-        assert choose_replica(policy, REPLICAS, loads.__getitem__, None) is REPLICAS[2]
+        assert choose_replica(policy, REPLICAS, loads.__getitem__, None, PrefixTable(), "m") is REPLICAS[2]
 
 
 def test_in_flight_choose_reads_the_model_policy_and_the_request_hint() -> None:
