@@ -60,7 +60,7 @@ def with_geventhttpclient(url: str) -> Callable[[], bytes]:
 
     parts = urlsplit(url)
     client = HTTPClient(
-        parts.hostname, parts.port, concurrency=64, connection_timeout=5, network_timeout=30
+        parts.hostname or "127.0.0.1", parts.port, concurrency=64, connection_timeout=5, network_timeout=30
     )
 
     def call() -> bytes:

@@ -79,10 +79,16 @@ def _balance(before: list[dict[str, Any]], after: list[dict[str, Any]], wall_s: 
     means = []
     prompt = cached = 0
     for b, a in zip(before, after, strict=True):
-        area = a.get("load", {}).get("in_flight_seconds", 0.0) - b.get("load", {}).get("in_flight_seconds", 0.0)
+        area = a.get("load", {}).get("in_flight_seconds", 0.0) - b.get("load", {}).get(
+            "in_flight_seconds", 0.0
+        )
         means.append(area / wall_s if wall_s else 0.0)
-        prompt += a.get("prefix_cache", {}).get("prompt_tokens", 0) - b.get("prefix_cache", {}).get("prompt_tokens", 0)
-        cached += a.get("prefix_cache", {}).get("cached_tokens", 0) - b.get("prefix_cache", {}).get("cached_tokens", 0)
+        prompt += a.get("prefix_cache", {}).get("prompt_tokens", 0) - b.get("prefix_cache", {}).get(
+            "prompt_tokens", 0
+        )
+        cached += a.get("prefix_cache", {}).get("cached_tokens", 0) - b.get("prefix_cache", {}).get(
+            "cached_tokens", 0
+        )
     mean = sum(means) / len(means) if means else 0.0
     return {
         "in_flight_per_replica": [round(m, 2) for m in means],
@@ -104,7 +110,8 @@ def run(ctx: Context) -> ScenarioResult:
         "Replica choice that knows about caches",
         f"{REPLICAS} benchmark-engine replicas, each with a prefix cache of {CACHE_BLOCKS} blocks of "
         f"{BLOCK_TOKENS} words (about 3.5 of the {SYSTEM_PROMPTS} system prompts of {SYSTEM_WORDS} words), "
-        f"prefill {PREFILL_MS_PER_TOKEN} ms per uncached word, prefill chunks of one block at a time per replica; "
+        f"prefill {PREFILL_MS_PER_TOKEN} ms per uncached word, in chunks of one block, one chunk at a "
+        "time per replica; "
         f"{USERS} users (OpenAI user field) over the {SYSTEM_PROMPTS} system prompts, {CONCURRENCY} "
         "streams in flight through the router; per routing policy: time to first token, load balance "
         "(time-averaged requests in flight per replica, busiest over mean) and the cache hit rate.",

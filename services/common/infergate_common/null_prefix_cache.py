@@ -10,8 +10,9 @@ blocks. A prefill takes ``ms_per_token`` per word after the longest cached
 run of leading blocks, computed one block at a time with the replica's
 compute held per block (as an engine's chunked prefill): concurrent
 prefills share the replica, so a replica that receives too much is slower
-for all of its requests, and a short prefill is not stuck behind a long one. :class:`LoadMeter` keeps the time integral of the requests in
-flight, so the benchmark gets each replica's mean load.
+for all of its requests, and a short prefill is not stuck behind a long
+one. :class:`LoadMeter` keeps the time integral of the requests in flight,
+so the benchmark gets each replica's mean load.
 """
 
 from __future__ import annotations

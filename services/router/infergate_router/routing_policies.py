@@ -51,7 +51,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from infergate_common.registry_api import ReplicaRecord, RoutingPolicy
 
@@ -90,7 +90,11 @@ def current_hint() -> RouteHint | None:
     return _HINT.get()
 
 
-def set_route_hint(body: Mapping[str, Any], headers: Mapping[str, str]) -> None:
+class _Headers(Protocol):
+    def get(self, key: str) -> str | None: ...
+
+
+def set_route_hint(body: Mapping[str, Any], headers: _Headers | Mapping[str, str]) -> None:
     """Note the session and prompt prefix of the request being handled
     (called once per parsed body, so a keep-alive connection's next request
     never sees the previous one's)."""

@@ -127,7 +127,9 @@ def test_in_flight_choose_reads_the_model_policy_and_the_request_hint() -> None:
     assert all(pick(RoutingPolicy.FEWEST_IN_FLIGHT, {}, {}) != REPLICAS[0].url for _ in range(20))
     user = {"user": "alice", "prompt": "hello"}
     assert len({pick(RoutingPolicy.SESSION_AFFINITY, user, {}) for _ in range(10)}) == 1
-    by_header = {pick(RoutingPolicy.SESSION_AFFINITY, {"prompt": str(i)}, {"X-Session-Id": "s1"}) for i in range(10)}
+    by_header = {
+        pick(RoutingPolicy.SESSION_AFFINITY, {"prompt": str(i)}, {"X-Session-Id": "s1"}) for i in range(10)
+    }
     assert len(by_header) == 1
     long_system = "You are a helpful assistant. " * 30
     shared = [{"messages": [{"role": "system", "content": long_system}, {"role": "user", "content": str(i)}]}

@@ -53,9 +53,7 @@ class _OpenAIStream:
         self.single = single
         self.finished: set[int] = set()
         self.usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-        head = orjson.dumps(
-            {"id": chunk_id, "object": self.object_name, "created": created, "model": model}
-        )
+        head = orjson.dumps({"id": chunk_id, "object": self.object_name, "created": created, "model": model})
         self._head = head[:-1] + b',"choices":['
         self._tail = b'],"usage":null}' if include_usage else b"]}"
 
