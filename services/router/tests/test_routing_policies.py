@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import json
+import time
+from pathlib import Path
+
+import requests
+from conftest import router_settings
+from router_processes import Stack
 
 from infergate_common.registry_api import ModelRecord, ReplicaRecord, RoutingPolicy
 from infergate_common.worker_api import Backend, Task
+from infergate_router.app import create_app
 from infergate_router.replica_choice import InFlight
 from infergate_router.routing_policies import (
     LOAD_FACTOR,
@@ -18,6 +26,7 @@ from infergate_router.routing_policies import (
     prompt_prefix,
     set_route_hint,
 )
+from infergate_router.services import EXTENSION
 
 REPLICAS = [ReplicaRecord(url=f"http://10.0.0.{i}:8100") for i in range(1, 5)]
 
@@ -143,3 +152,47 @@ def test_in_flight_choose_reads_the_model_policy_and_the_request_hint() -> None:
         return inflight.choose(_model(RoutingPolicy.PREFIX_AWARE), exclude={home}).url
 
     assert contextvars.copy_context().run(excluded) != home
+
+
+# ------------------------------------------------- through the real router
+
+
+def test_prefix_aware_keeps_a_shared_prefix_on_one_real_replica(stack: Stack, tmp_path: Path) -> None:
+    """Two real benchmark-engine replicas started with --routing_policy
+    prefix_aware; requests sharing a long prompt prefix all reach one of
+    them (their own load meters count), different prefixes reach both."""
+    files = [tmp_path / f"r{i}.json" for i in range(2)]
+    for path in files:
+        stack.start_null_worker("prefixed", tokens=2, extra_args=["--routing_policy", "prefix_aware",
+                                                                   "--stats_file", str(path)])  # fmt: skip
+    record = requests.get(f"{stack.registry_url}/registry/models/prefixed", timeout=5).json()
+    assert record["routing_policy"] == "prefix_aware"
+    app = create_app(router_settings(stack))
+    client = app.test_client()
+
+    def served() -> list[int]:
+        counts = []
+        for path in files:
+            deadline = time.monotonic() + 5
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            counts.append(json.loads(path.read_text())["load"]["requests"])
+        return counts
+
+    try:
+        shared = "You are a careful assistant for the billing team. " * 12
+        before = served()
+        for i in range(12):
+            body = {"model": "prefixed", "prompt": f"{shared} Question {i}?", "max_tokens": 2}
+            assert client.post("/openai/v1/completions", json=body).status_code == 200
+        time.sleep(0.5)  # the stats files are rewritten every 200 ms
+        delta = [a - b for a, b in zip(served(), before, strict=True)]
+        assert sorted(delta) == [0, 12]
+        for i in range(16):
+            body = {"model": "prefixed", "prompt": f"Topic {i}: " + "details " * 80, "max_tokens": 2}
+            assert client.post("/openai/v1/completions", json=body).status_code == 200
+        time.sleep(0.5)
+        spread = [a - b for a, b in zip(served(), before, strict=True)]
+        assert min(spread) > 0 and sum(spread) == 28
+    finally:
+        app.extensions[EXTENSION].close()

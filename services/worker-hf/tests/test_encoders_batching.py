@@ -16,6 +16,7 @@ from hf_worker_process import HFWorker
 
 from infergate_common.errors import InfergateError
 from infergate_worker_hf.batching import MicroBatcher
+from infergate_worker_hf.encoders import length_groups
 
 StartWorker = Callable[..., HFWorker]
 
@@ -150,6 +151,15 @@ def test_stopped_batcher_refuses_work() -> None:
     batcher.stop()
     with pytest.raises(InfergateError, match="not running"):
         batcher.submit([1])
+
+
+def test_length_groups_split_only_when_padding_would_waste_much() -> None:
+    assert length_groups([12] * 32) == [list(range(32))]
+    assert length_groups([5, 200, 6]) == [[0, 1, 2]]  # too few rows to bother
+    lengths = [10] * 28 + [300] * 4
+    short, long = length_groups(lengths)
+    assert sorted(short) == list(range(28)) and sorted(long) == [28, 29, 30, 31]
+    assert length_groups([10 + i for i in range(32)]) == [list(range(32))]
 
 
 # ---------------------------------------------------------- a real worker
