@@ -311,6 +311,23 @@ def test_workers_register_their_domains_hosts_and_restriction(chart: Chart, two_
     assert "--hosts" not in minilm
 
 
+def test_routing_policy_reaches_the_worker_and_bad_ones_are_refused(chart: Chart) -> None:
+    manifests = chart.render(
+        {
+            "models": {
+                "chat": {"modelId": "org/a", "routingPolicy": "prefix_aware"},
+                "plain": {"modelId": "org/b"},
+            }
+        }
+    )
+    assert (
+        flag_value(container(worker(chart, manifests, "chat"))["args"], "--routing_policy") == "prefix_aware"
+    )
+    assert "--routing_policy" not in container(worker(chart, manifests, "plain"))["args"]
+    with pytest.raises(RenderFailed, match="routingPolicy"):
+        chart.render({"models": {"chat": {"modelId": "org/a", "routingPolicy": "round_robin"}}})
+
+
 def test_ingress_without_router_host_catches_the_rest(chart: Chart) -> None:
     manifests = chart.render({"domains": ["example.com"], "models": {"m": {"modelId": "org/m"}}})
     rules = manifests.one("Ingress", chart.name("router"))["spec"]["rules"]

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from .admission import Admission
 from .engine import Engine
-from .registry_api import ReplicaRegistration
+from .registry_api import ReplicaRegistration, RoutingPolicy
 from .streams import DEFAULT_PREFIX, stream_key
 from .worker_app import create_worker_app, readiness
 
@@ -52,6 +52,9 @@ class WorkerServerSettings(BaseModel):
     domains: list[str] = Field(default_factory=list)
     hosts: list[str] = Field(default_factory=list)
     restricted: bool = False
+    # How routers choose among this model's replicas (registry_api.RoutingPolicy);
+    # None leaves the registry's record as it is.
+    routing_policy: RoutingPolicy | None = None
     threads: int = Field(64, ge=1)
     # Open connections waitress accepts (its default, 100, is below what
     # several router processes keep pooled; past it new ones hang unserved).
@@ -95,6 +98,7 @@ class Registration:
             domains=self.settings.domains or None,
             hosts=self.settings.hosts or None,
             restricted=self.settings.restricted or None,
+            routing_policy=self.settings.routing_policy,
         )
         response = self.session.post(
             self._url(),

@@ -281,6 +281,22 @@ def test_alias_may_not_name_another_model(client: FlaskClient) -> None:
     assert "other" in body(response)["error"]["message"]
 
 
+def test_routing_policy_by_route_and_by_worker_flag(client: FlaskClient, changes: Changes) -> None:
+    assert body(register(client))["routing_policy"] == "fewest_in_flight"
+    changes.drain()
+    response = client.put("/registry/models/tiny/routing", json={"routing_policy": "prefix_aware"})
+    assert response.status_code == 200
+    assert body(response)["routing_policy"] == "prefix_aware"
+    assert changes.drain() == [("tiny", "routing_updated")]
+    # A heartbeat without the flag leaves it; a worker started with the flag sets it.
+    assert body(register(client))["routing_policy"] == "prefix_aware"
+    assert body(register(client, routing_policy="session_affinity"))["routing_policy"] == "session_affinity"
+    bad = client.put("/registry/models/tiny/routing", json={"routing_policy": "round_robin"})
+    assert bad.status_code == 400
+    missing = client.put("/registry/models/nope/routing", json={"routing_policy": "prefix_aware"})
+    assert missing.status_code == 404
+
+
 def test_worker_aliases_are_kept(client: FlaskClient) -> None:
     record = ModelRecord.model_validate(register(client, info={"aliases": ["tiny-chat"]}).json)
     assert record.aliases == ["tiny-chat"]

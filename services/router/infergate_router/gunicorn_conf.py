@@ -3,13 +3,16 @@
 
 gevent workers: each holds hundreds of open SSE streams as greenlets.
 ``INFERGATE_BIND`` (default ``0.0.0.0:8080``) and ``INFERGATE_WORKERS``
-(default 2) come from the environment.
+(default: one process per CPU the container is given, see
+:mod:`infergate_common.cpus`) come from the environment.
 """
 
 import os
 
+from infergate_common.cpus import available_cpus
+
 bind = os.environ.get("INFERGATE_BIND", "0.0.0.0:8080")
-workers = int(os.environ.get("INFERGATE_WORKERS", "2"))
+workers = int(os.environ.get("INFERGATE_WORKERS") or available_cpus())
 worker_class = "gevent"
 # Open connections per worker: every streaming client holds one for its
 # whole generation.

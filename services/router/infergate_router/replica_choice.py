@@ -1,6 +1,7 @@
-"""Among a model's ready replicas with room, the one with the fewest requests
-in flight from this process. Ties are broken at random so that several
-router processes do not all pile onto the same replica.
+"""Requests in flight per replica from this process, and the one place a
+replica is chosen: :meth:`InFlight.choose` applies the model's routing
+policy (:mod:`infergate_router.routing_policies`) to its ready replicas
+that have room.
 
 A replica has room while this process holds fewer requests on it than the
 capacity it advertises, and it has not answered "full" in the last
@@ -9,13 +10,14 @@ capacity it advertises, and it has not answered "full" in the last
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 import time
 from collections.abc import Iterator
 
 from infergate_common.errors import Overloaded, ServiceUnavailable
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
+
+from .routing_policies import PrefixTable, choose_replica, current_hint
 
 # How long a replica that answered "full" is passed over.
 FULL_HOLD_S = 0.1
@@ -27,6 +29,7 @@ class InFlight:
         self._counts: dict[str, int] = {}
         self._full_until: dict[str, float] = {}
         self._room = threading.Condition(self._lock)
+        self.prefixes = PrefixTable()
 
     def count(self, url: str) -> int:
         return self._counts.get(url, 0)
@@ -52,8 +55,9 @@ class InFlight:
         open_ = [r for r in ready if r.url not in skip and self.has_room(r, now)]
         if not open_:
             raise Overloaded(f"every replica of model {model.name} is busy")
-        lowest = min(self.count(r.url) for r in open_)
-        return random.choice([r for r in open_ if self.count(r.url) == lowest])
+        return choose_replica(
+            model.routing_policy, open_, self.count, current_hint(), self.prefixes, model.name
+        )
 
     def mark_full(self, url: str, hold_s: float = FULL_HOLD_S) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ from infergate_common.errors import InvalidRequest
 from infergate_common.registry_api import ModelRecord
 
 from ..limits import parse_json
+from ..routing_policies import set_route_hint
 from ..services import services
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -45,6 +46,7 @@ def parse_body(model: type[ModelT]) -> ModelT:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    set_route_hint(body, request.headers)
     return validate(model, body)
 
 
