@@ -173,7 +173,8 @@ class WorkerClient:
         return self._parse(answer, EncodeResponse)
 
     def predict(self, replica: str, request: TabularPredictRequest) -> TabularPredictResponse:
-        return self._parse(self._post(f"{replica}/predict", request), TabularPredictResponse)
+        answer = self._post(replica, "/predict", self._body(request), self.request_timeout_s)
+        return self._parse(answer, TabularPredictResponse)
 
     def detokenize(self, replica: str, request: DetokenizeRequest) -> DetokenizeResponse:
         answer = self._post(replica, "/detokenize", self._body(request), self.request_timeout_s)

@@ -139,7 +139,7 @@ class ChatStream(_OpenAIStream):
         groups = tool_call_chunks(event.tool_calls) if event.tool_calls else []
         if len(groups) <= 1:
             return super().delta(position, entry, event)
-        parts = []
+        parts: list[SseEvent] = []
         for number, group in enumerate(groups):
             first, last = number == 0, number == len(groups) - 1
             part = DeltaEvent(
