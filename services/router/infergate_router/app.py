@@ -47,8 +47,10 @@ RENDERERS: dict[str, Renderer] = {
     "v2": v2_routes.render_error,
 }
 
-# Reachable without an API key: liveness and readiness probes, metrics.
-OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready", "/metrics"})
+# Reachable without an API key: liveness and readiness probes. Metrics are
+# served on their own port by the gunicorn master (gunicorn_conf.py), which
+# the Ingress never routes to.
+OPEN_PATHS = frozenset({"/", "/readyz", "/v2/health/live", "/v2/health/ready"})
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -145,9 +147,9 @@ def register_blueprints(app: Flask) -> None:
     def alive() -> Response:
         return jsonify({"status": "alive"})
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(services().metrics.render(), mimetype="text/plain; version=0.0.4")
+    @app.get("/readyz")
+    def ready() -> Response:
+        return jsonify({"status": "ready"})
 
 
 def register_error_handlers(app: Flask) -> None:
