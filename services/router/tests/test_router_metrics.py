@@ -65,7 +65,8 @@ def test_totals_are_summed_over_every_process(routed: tuple[str, str, Path]) -> 
             # A new connection each time, so the kernel spreads them over the processes.
             with requests.Session() as session:
                 body = {"model": "null", "prompt": "x", "max_tokens": 8}
-                response = session.post(f"{url}{route}", json=body, headers={"Connection": "close"}, timeout=30)
+                headers = {"Connection": "close"}
+                response = session.post(f"{url}{route}", json=body, headers=headers, timeout=30)
                 assert response.status_code == 200, response.text
 
     threads = [threading.Thread(target=send, args=(REQUESTS // 3,)) for _ in range(3)]
@@ -75,12 +76,16 @@ def test_totals_are_summed_over_every_process(routed: tuple[str, str, Path]) -> 
         thread.join()
 
     after = scrape(metrics_url)
-    assert value(after, "infergate_router_requests_total", **labels) - value(
-        before, "infergate_router_requests_total", **labels
-    ) == REQUESTS
-    assert value(after, "infergate_router_output_tokens_total", model="null") - value(
-        before, "infergate_router_output_tokens_total", model="null"
-    ) == REQUESTS * 8
+    assert (
+        value(after, "infergate_router_requests_total", **labels)
+        - value(before, "infergate_router_requests_total", **labels)
+        == REQUESTS
+    )
+    assert (
+        value(after, "infergate_router_output_tokens_total", model="null")
+        - value(before, "infergate_router_output_tokens_total", model="null")
+        == REQUESTS * 8
+    )
     # Several processes answered, and the scrape still has one series each.
     writers = {path.name for path in metrics_dir.glob("counter_*.db")}
     assert len(writers) >= 2, writers
@@ -114,6 +119,7 @@ def test_output_tokens_advance_while_a_stream_runs(routed: tuple[str, str, Path]
 def test_metrics_are_not_on_the_api_port(routed: tuple[str, str, Path]) -> None:
     url, metrics_url, _ = routed
     assert requests.get(f"{url}/metrics", timeout=5).status_code == 404
-    assert requests.get(metrics_url.replace("/metrics", "/openai/v1/models"), timeout=5).text.find(
-        '"object"'
-    ) == -1
+    assert (
+        requests.get(metrics_url.replace("/metrics", "/openai/v1/models"), timeout=5).text.find('"object"')
+        == -1
+    )
