@@ -17,6 +17,7 @@ from types import FrameType
 import requests
 from pydantic import BaseModel, Field
 
+from . import worker_metrics
 from .engine import Engine
 from .registry_api import ReplicaRegistration
 from .streams import DEFAULT_PREFIX, stream_key
@@ -44,6 +45,8 @@ class WorkerServerSettings(BaseModel):
     # Open connections waitress accepts (its default, 100, is below what
     # several router processes keep pooled; past it new ones hang unserved).
     connection_limit: int = Field(2000, ge=1)
+    # host:port of the Prometheus metrics (worker_metrics); empty: not served.
+    metrics_bind: str = ""
 
     def replica_url(self) -> str:
         return self.advertise_url or f"http://127.0.0.1:{self.port}"
@@ -128,6 +131,8 @@ def run_worker(engine: Engine, settings: WorkerServerSettings) -> int:
         channel_timeout=3600,
         ident="infergate-worker",
     )
+    if settings.metrics_bind:
+        worker_metrics.serve(settings.metrics_bind)
     registration = Registration(engine, settings) if settings.registry_url else None
     failed = threading.Event()
     loader = threading.Thread(

@@ -7,6 +7,7 @@ import logging
 import threading
 from typing import Any
 
+from infergate_common import worker_metrics
 from infergate_common.errors import InvalidRequest, ServiceUnavailable
 from infergate_common.worker_api import GenerateRequest, GenerateResponse, Task
 
@@ -48,8 +49,10 @@ class GenerationEngine(HFEngine):
             loaded.tokenizer,
             max_num_seqs=self.settings.max_num_seqs,
             after_iteration=self.outbox.flush,
+            model=self.settings.model_name,
         )
         self.scheduler.start()
+        worker_metrics.track_load(self.settings.model_name, self.scheduler.load)
 
     def stop(self) -> None:
         if self.scheduler is not None:
