@@ -18,6 +18,7 @@ TARGET = Path(__file__).resolve().parent.parent / "charts" / "infergate" / "dash
 SEL = 'namespace=~"$namespace",model=~"$model"'
 WSEL = 'namespace=~"$namespace",infergate_io_model=~"$model"'
 RATE = "$__rate_interval"
+MODEL_VALUES = 'label_values(infergate_router_requests_in_flight{namespace=~"$namespace"}, model)'
 
 
 def quantiles(metric: str, selector: str = SEL) -> list[tuple[str, str]]:
@@ -58,7 +59,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
                 "{{status}} {{route}}",
             ),
             (
-                f'sum by (model, outcome) (rate(infergate_router_streams_total{{{SEL},outcome!="done"}}[{RATE}]))',
+                "sum by (model, outcome) "
+                f'(rate(infergate_router_streams_total{{{SEL},outcome!="done"}}[{RATE}]))',
                 "streams {{outcome}} {{model}}",
             ),
         ],
@@ -71,7 +73,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
             (f"sum by (model) (infergate_worker_requests_running{{{SEL}}})", "running {{model}}"),
             (f"sum by (model) (infergate_worker_requests_waiting{{{SEL}}})", "waiting {{model}}"),
             (
-                f'sum by (model_name) (vllm:num_requests_waiting{{namespace=~"$namespace"}})',
+                'sum by (model_name) (vllm:num_requests_waiting{namespace=~"$namespace"})',
                 "vLLM waiting {{model_name}}",
             ),
         ],
@@ -135,7 +137,7 @@ def dashboard() -> dict[str, Any]:
             "list": [
                 {"name": "datasource", "type": "datasource", "query": "prometheus", "current": {}},
                 variable("namespace", "label_values(infergate_router_requests_total, namespace)"),
-                variable("model", 'label_values(infergate_router_requests_in_flight{namespace=~"$namespace"}, model)'),
+                variable("model", MODEL_VALUES),
             ]
         },
         "panels": [panel(i, *spec) for i, spec in enumerate(PANELS)],

@@ -155,7 +155,13 @@ def test_llama2_example_runs_vllm_with_the_announcement_resources(chart: Chart, 
     assert flag_value(args, "--model_id") == "meta-llama/Llama-2-7b-chat-hf"
     resources = spec["resources"]
     assert resources["limits"] == {"cpu": "6", "memory": "24Gi", "nvidia.com/gpu": 1}
-    assert resources["requests"] == {"cpu": "6", "memory": "24Gi", "nvidia.com/gpu": 1, "ephemeral-storage": "100Gi"}
+    # The emptyDir model cache's size is asked for as ephemeral storage.
+    assert resources["requests"] == {
+        "cpu": "6",
+        "memory": "24Gi",
+        "nvidia.com/gpu": 1,
+        "ephemeral-storage": "100Gi",
+    }
     token = env_of(spec)["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token == {"name": "hf-token", "key": "HF_TOKEN"}
     assert spec["image"].startswith("ghcr.io/infergate/worker-vllm:")
