@@ -193,6 +193,12 @@ def test_banner_curl_commands_work(local_stack: LocalStack) -> None:
         assert done.stdout.strip()
 
 
+def test_router_metrics_on_the_metrics_port(local_stack: LocalStack) -> None:
+    assert requests.get(f"{local_stack.url}/", timeout=10).ok
+    text = requests.get(f"http://127.0.0.1:{local_stack.ports['METRICS_PORT']}/metrics", timeout=10).text
+    assert 'infergate_router_requests_total{method="GET",route="/",status="200"}' in text
+
+
 def test_ctrl_c_stops_everything(local_stack: LocalStack) -> None:
     children = local_stack.children()
     assert len(children) == 6  # redis, registry, router, two workers, the banner
@@ -203,12 +209,6 @@ def test_ctrl_c_stops_everything(local_stack: LocalStack) -> None:
     for pid in children:
         found = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
         assert found == [], f"processes left in the group of {pid}: {found}"
-
-
-def test_router_metrics_on_the_metrics_port(local_stack: LocalStack) -> None:
-    assert requests.get(f"{local_stack.url}/", timeout=10).ok
-    text = requests.get(f"http://127.0.0.1:{local_stack.ports['METRICS_PORT']}/metrics", timeout=10).text
-    assert 'infergate_router_requests_total{method="GET",route="/",status="200"}' in text
 
 
 def test_backend_hint_says_vllm_for_a_llama_and_why_not_for_a_classifier(test_models: Path) -> None:
