@@ -225,6 +225,7 @@ def test_backend_hint_says_vllm_for_a_llama_and_why_not_for_a_classifier(test_mo
     )
 
 
+@pytest.mark.vllm
 def test_make_run_auto_serves_a_llama_folder_on_vllm(
     tmp_path_factory: pytest.TempPathFactory, test_models: Path
 ) -> None:
