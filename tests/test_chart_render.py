@@ -159,7 +159,13 @@ def test_llama2_example_runs_vllm_with_the_announcement_resources(chart: Chart, 
     assert flag_value(args, "--model_id") == "meta-llama/Llama-2-7b-chat-hf"
     resources = spec["resources"]
     assert resources["limits"] == {"cpu": "6", "memory": "24Gi", "nvidia.com/gpu": 1}
-    assert resources["requests"] == {"cpu": "6", "memory": "24Gi", "nvidia.com/gpu": 1}
+    # The emptyDir model cache's size is asked for as ephemeral storage.
+    assert resources["requests"] == {
+        "cpu": "6",
+        "memory": "24Gi",
+        "nvidia.com/gpu": 1,
+        "ephemeral-storage": "100Gi",
+    }
     token = env_of(spec)["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token == {"name": "hf-token", "key": "HF_TOKEN"}
     assert spec["image"].startswith("ghcr.io/infergate/worker-vllm:")
@@ -216,7 +222,11 @@ def test_runtime_defaults_and_model_overrides(chart: Chart) -> None:
     assert auto["args"][-1] == "--enforce-eager"
     assert auto["resources"]["limits"]["nvidia.com/gpu"] == 1
     hf = container(worker(chart, manifests, "hf"))
-    assert hf["resources"] == {"limits": {"cpu": "2"}}
+    # Merged key by key over the runtime's defaults.
+    assert hf["resources"] == {
+        "limits": {"cpu": "2", "memory": "8Gi"},
+        "requests": {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "20Gi"},
+    }
     assert "--enforce-eager" not in hf["args"]
 
 
@@ -265,7 +275,13 @@ def test_update_strategy_passes_through(chart: Chart) -> None:
         {"models": {"a": {"modelId": "org/a", "strategy": strategy}, "b": {"modelId": "org/b"}}}
     )
     assert worker(chart, manifests, "a")["spec"]["strategy"] == strategy
-    assert "strategy" not in worker(chart, manifests, "b")["spec"]
+    # b asks for the vLLM runtime's GPU: no surge pod, which would wait for a free GPU.
+    assert worker(chart, manifests, "b")["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    cpu = chart.render({"models": {"c": {"runtime": "huggingface", "modelId": "org/c"}}})
+    assert "strategy" not in worker(chart, cpu, "c")["spec"]
 
 
 def test_gpu_models_tolerate_the_gpu_taint(chart: Chart, llama2: Manifests) -> None:
@@ -367,7 +383,7 @@ def test_addon_resources_render_only_when_their_api_is_present(chart: Chart) -> 
     full = chart.render(values, *api_args(*ADDON_APIS))
     monitor = full.one("ServiceMonitor", chart.name("router"))
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     scaled = full.one("ScaledObject", chart.name("worker-m"))
     assert scaled["spec"]["scaleTargetRef"]["name"] == chart.name("worker-m")
     assert scaled["spec"]["maxReplicaCount"] == 4

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +26,9 @@ pytestmark = pytest.mark.slow
 
 
 class LocalStack:
-    def __init__(self, workdir: Path, model_env: dict[str, str] | None = None) -> None:
-        """``model_env``: MODEL_ID and the like, as a user sets them (none: the default models)."""
-        self.ports = {name: free_port() for name in ("PORT", "REDIS_PORT", "REGISTRY_PORT")}
+    def __init__(self, workdir: Path, script: str = "stack.sh", **settings: str) -> None:
+        """``settings``: MODEL_ID and the like, as a user sets them (none: the default models)."""
+        self.ports = {name: free_port() for name in ("PORT", "METRICS_PORT", "REDIS_PORT", "REGISTRY_PORT")}
         # Two consecutive free ports for the two workers.
         self.ports["WORKER_PORT"] = _free_pair()
         self.url = f"http://127.0.0.1:{self.ports['PORT']}"
@@ -39,11 +40,11 @@ class LocalStack:
         }
         for name in ("MODEL_ID", "MODEL_NAME", "TASK", "BACKEND"):
             env.pop(name, None)
-        env.update(model_env or {})
+        env.update(settings)
         env["OMP_NUM_THREADS"] = "1"
         self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            ["bash", str(ROOT / "ci" / "stack.sh")],
+            ["bash", str(ROOT / "ci" / script)],
             cwd=ROOT,
             env=env,
             stdout=self._out,
@@ -222,6 +223,12 @@ def test_batch_round_trip_with_the_sdk(local_stack: LocalStack) -> None:
     assert all(line["response"]["status_code"] == 200 for line in output)
 
 
+def test_router_metrics_on_the_metrics_port(local_stack: LocalStack) -> None:
+    assert requests.get(f"{local_stack.url}/", timeout=10).ok
+    text = requests.get(f"http://127.0.0.1:{local_stack.ports['METRICS_PORT']}/metrics", timeout=10).text
+    assert 'infergate_router_requests_total{method="GET",route="/",status="200"}' in text
+
+
 def test_ctrl_c_stops_everything(local_stack: LocalStack) -> None:
     children = local_stack.children()
     assert len(children) == 7  # redis, registry, router, the batch worker, two workers, the banner
@@ -232,3 +239,40 @@ def test_ctrl_c_stops_everything(local_stack: LocalStack) -> None:
     for pid in children:
         found = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
         assert found == [], f"processes left in the group of {pid}: {found}"
+
+
+def test_backend_hint_says_vllm_for_a_llama_and_why_not_for_a_classifier(test_models: Path) -> None:
+    def hint(model: Path) -> str:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "ci" / "backend_hint.py"), str(model)],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        return done.stdout.strip().splitlines()[-1]
+
+    assert hint(test_models / "tiny-llama") == "vllm: LlamaForCausalLM is a text generation model"
+    assert hint(test_models / "tiny-bert-classifier").startswith(
+        "huggingface: its task is sequence_classification"
+    )
+
+
+@pytest.mark.vllm
+def test_make_run_auto_serves_a_llama_folder_on_vllm(
+    tmp_path_factory: pytest.TempPathFactory, test_models: Path
+) -> None:
+    """`make run MODEL_ID=<a Llama folder>` (BACKEND=auto): ci/run.sh, then the
+    worker-vllm launcher, which chooses vLLM; the banner says so."""
+    if not (ROOT / ".venv-vllm" / ".infergate-stamp").exists():
+        pytest.fail(".venv-vllm is missing: ci/test.sh builds it (ci/setup_vllm.sh)")
+    stack = LocalStack(
+        tmp_path_factory.mktemp("local-stack-vllm"),
+        "run.sh",
+        MODEL_ID=str(test_models / "tiny-llama"),
+        MODEL_NAME="llama-folder",
+    )
+    try:
+        banner = stack.wait_for_banner(timeout_s=420)
+        assert "llama-folder: text_generation on vllm" in banner, banner[-3000:]
+        models = requests.get(f"{stack.url}/openai/v1/models", timeout=10).json()["data"]
+        assert [(m["id"], m["backend"]) for m in models] == [("llama-folder", "vllm")]
+    finally:
+        stack.kill()

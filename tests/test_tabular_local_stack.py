@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, BuiltModel]]:
     model = xgboost_models(tmp_path_factory.mktemp("models"))["xgb-binary-ubj"]
-    stack = LocalStack(tmp_path_factory.mktemp("tabular-stack"), {"MODEL_ID": str(model.folder)})
+    stack = LocalStack(tmp_path_factory.mktemp("tabular-stack"), MODEL_ID=str(model.folder))
     try:
         stack.wait_for_banner(timeout_s=180)
         yield stack, model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -19,6 +20,7 @@ import openai
 import pytest
 import requests
 from harness.abandon import abandon_streams
+from harness.ports import free_port
 from harness.stack import Stack, Worker
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -31,6 +33,8 @@ NAME = "vllm-llama"
 MAX_MODEL_LEN = 8192
 # An explicit KV cache skips vLLM's memory profiling on the CPU (faster start, less memory).
 KV_CACHE_BYTES = str(256 * 1024 * 1024)
+# The worker's Prometheus metrics port.
+METRICS_PORT = free_port()
 
 
 def vllm_worker_cmd(name: str, model_dir: Path, *flags: str) -> list[str]:
@@ -47,7 +51,7 @@ def vllm_llama(stack: Stack, test_models: Path) -> Iterator[Worker]:
     cmd = vllm_worker_cmd(
         NAME, test_models / "tiny-llama",
         "--max_model_len", str(MAX_MODEL_LEN), "--kv-cache-memory-bytes", KV_CACHE_BYTES,
-        "--exit_after_engine_death_s", "3",
+        "--exit_after_engine_death_s", "3", "--metrics_bind", f"127.0.0.1:{METRICS_PORT}",
     )  # fmt: skip
     worker = stack.start_worker(NAME, cmd, env={"ALLOW_LONG_MAX_MODEL_LEN": "1"}, timeout_s=300)
     yield worker
@@ -251,6 +255,24 @@ def test_chat_plain_and_streamed(client: openai.OpenAI) -> None:
 
 
 # -------------------------------------------------------------- cancellation
+
+
+def test_worker_metrics_carry_vllms_own_and_infergates(client: openai.OpenAI) -> None:
+    """worker-vllm re-exports vLLM's Prometheus series and feeds infergate's
+    worker series from vLLM's scheduler statistics."""
+    client.completions.create(model=NAME, prompt="Once upon a time", max_tokens=8, temperature=0)
+
+    def scrape() -> str:
+        return requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+
+    wait_for(lambda: "vllm:generation_tokens_total" in scrape(), 30, "vLLM's own series")
+    text = scrape()
+    assert re.search(r'^vllm:num_requests_running\{[^}]*model_name="vllm-llama"', text, re.M)
+    assert re.search(r"^vllm:kv_cache_usage_perc\{", text, re.M)
+    assert f'infergate_worker_requests_waiting{{model="{NAME}"}}' in text
+    queued = re.search(rf'^infergate_worker_queue_time_seconds_count{{model="{NAME}"}} (\S+)$', text, re.M)
+    assert queued and float(queued.group(1)) >= 1
+    assert f'infergate_worker_gpu_unusable{{model="{NAME}"}} 0.0' in text
 
 
 def test_cancel_on_the_worker_aborts_the_request_in_the_engine(stack: Stack, vllm_llama: Worker) -> None:

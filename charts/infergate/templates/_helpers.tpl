@@ -48,9 +48,19 @@ app.kubernetes.io/part-of: {{ include "infergate.name" .root }}
 helm.sh/chart: {{ include "infergate.chart" .root }}
 {{- end }}
 
-{{/* infergate.image: "<repository>:<tag>", the tag defaulting to the chart's appVersion (dict root, image). */}}
+{{/* infergate.image: "<repository>:<tag>", the tag defaulting to the chart's appVersion (dict root, image).
+With global.imageRegistry the repository's own registry (ghcr.io, docker.io, a first part with a dot, a colon
+or localhost) is replaced by it: a mirror holds the images under the same paths. */}}
 {{- define "infergate.image" -}}
-{{- printf "%s:%s" .image.repository (toString (default .root.Chart.AppVersion .image.tag)) }}
+{{- $repository := .image.repository }}
+{{- with dig "imageRegistry" "" (.root.Values.global | default dict) }}
+{{- $parts := splitList "/" $repository }}
+{{- if and (gt (len $parts) 1) (or (contains "." (first $parts)) (contains ":" (first $parts)) (eq (first $parts) "localhost")) }}
+{{- $parts = rest $parts }}
+{{- end }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) (join "/" $parts) }}
+{{- end }}
+{{- printf "%s:%s" $repository (toString (default .root.Chart.AppVersion .image.tag)) }}
 {{- end }}
 
 {{/* infergate.serviceAccountName: the account every pod runs as. */}}
@@ -185,4 +195,96 @@ A chat model answers the OpenAI API:
 OpenAI SDK, LangChain ChatOpenAI, LlamaIndex OpenAILike:
 
   base_url="{{ .base }}/openai/v1"
+{{- end }}
+
+{{/* infergate.imagePullSecrets: the imagePullSecrets block of a pod, from global.imagePullSecrets and imagePullSecrets (names or {name} entries). */}}
+{{- define "infergate.imagePullSecrets" -}}
+{{- $secrets := list }}
+{{- range concat (dig "imagePullSecrets" list (.Values.global | default dict)) (.Values.imagePullSecrets | default list) }}
+{{- if kindIs "string" . }}
+{{- $secrets = append $secrets (dict "name" .) }}
+{{- else }}
+{{- $secrets = append $secrets . }}
+{{- end }}
+{{- end }}
+{{- with $secrets | uniq }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* infergate.gpuCount: the nvidia.com/gpu a resources object asks for (limits, else requests), 0 when none. */}}
+{{- define "infergate.gpuCount" -}}
+{{- $limits := .limits | default dict }}
+{{- $requests := .requests | default dict }}
+{{- int (get $limits "nvidia.com/gpu" | default (get $requests "nvidia.com/gpu") | default 0) }}
+{{- end }}
+
+{{/* infergate.workerPod: a model's pod settings merged over its runtime's defaults, as YAML (dict root, name, model).
+Maps (resources, nodeSelector, affinity, podAnnotations, env, cache) merge key by key, the model winning, so a
+model that sets only memory keeps the runtime's GPU; lists (tolerations, extraEnv, extraVolumes,
+extraVolumeMounts, initContainers) are the runtime's followed by the model's. */}}
+{{- define "infergate.workerPod" -}}
+{{- $model := .model }}
+{{- $runtime := get .root.Values.runtimes (include "infergate.runtimeKey" $model) }}
+{{- $merged := dict }}
+{{- range $key := list "resources" "nodeSelector" "affinity" "podAnnotations" "env" "cache" }}
+{{- $_ := set $merged $key (mustMergeOverwrite (deepCopy (get $runtime $key | default dict)) (deepCopy (get $model $key | default dict))) }}
+{{- end }}
+{{- range $key := list "tolerations" "extraEnv" "extraVolumes" "extraVolumeMounts" "initContainers" }}
+{{- $_ := set $merged $key (concat (get $runtime $key | default list) (get $model $key | default list) | uniq) }}
+{{- end }}
+{{- range $key := list "shmSize" "runtimeClassName" "priorityClassName" "drainSeconds" }}
+{{- $_ := set $merged $key (ternary (get $model $key) (get $runtime $key) (hasKey $model $key)) }}
+{{- end }}
+{{- $_ := set $merged "drainSeconds" (int ($merged.drainSeconds | default 60)) }}
+{{- $cache := $merged.cache }}
+{{- $_ := set $cache "type" ($cache.type | default "emptyDir") }}
+{{- /* An emptyDir cache counts against the node's ephemeral storage: ask for it, so the pod lands where it fits. */}}
+{{- if eq $cache.type "emptyDir" }}
+{{- $requests := $merged.resources.requests | default dict }}
+{{- if not (hasKey $requests "ephemeral-storage") }}
+{{- $_ := set $requests "ephemeral-storage" $cache.size }}
+{{- end }}
+{{- $_ := set $merged.resources "requests" $requests }}
+{{- end }}
+{{- $gpus := include "infergate.gpuCount" $merged.resources | int }}
+{{- $_ := set $merged "gpus" $gpus }}
+{{- /* A model that asks for a GPU pulls the runtime's CUDA build (worker-hf: the "-cuda" tag). */}}
+{{- $image := deepCopy $runtime.image }}
+{{- if and $gpus $image.gpuTagSuffix }}
+{{- $_ := set $image "tag" (printf "%s%s" (toString (default .root.Chart.AppVersion $image.tag)) $image.gpuTagSuffix) }}
+{{- end }}
+{{- $_ := unset $image "gpuTagSuffix" }}
+{{- $_ := set $merged "image" $image }}
+{{- if $model.strategy }}
+{{- $_ := set $merged "strategy" $model.strategy }}
+{{- else if $gpus }}
+{{- $_ := set $merged "strategy" (dict "type" "RollingUpdate" "rollingUpdate" (dict "maxSurge" 0 "maxUnavailable" 1)) }}
+{{- end }}
+{{- toYaml $merged }}
+{{- end }}
+
+{{/* infergate.storageUri: how a model's storageUri is reached, as YAML {kind, download, claim, subPath} (dict root, name, model):
+s3://, gs://, hf://, https:// are downloaded by the storage initializer; pvc://<claim>/<path> is mounted. */}}
+{{- define "infergate.storageUri" -}}
+{{- with .model.storageUri }}
+{{- $scheme := regexFind "^[a-z0-9]+://" . | trimSuffix "://" }}
+{{- if eq $scheme "pvc" }}
+{{- $rest := trimPrefix "pvc://" . }}
+{{- $parts := splitList "/" $rest }}
+kind: pvc
+download: false
+claim: {{ first $parts | quote }}
+subPath: {{ rest $parts | join "/" | quote }}
+{{- else if has $scheme (list "s3" "gs" "hf" "https" "http") }}
+kind: {{ $scheme }}
+download: true
+{{- else }}
+{{- fail (printf "models.%s.storageUri %q: the scheme must be s3://, gs://, hf://, https:// or pvc://" $.name .) }}
+{{- end }}
+{{- else }}
+kind: ""
+download: false
+{{- end }}
 {{- end }}

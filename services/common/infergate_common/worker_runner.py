@@ -28,6 +28,7 @@ from typing import Any
 import requests
 from pydantic import BaseModel, Field
 
+from . import worker_metrics
 from .admission import Admission
 from .engine import Engine
 from .registry_api import ReplicaRegistration, RoutingPolicy
@@ -68,6 +69,8 @@ class WorkerServerSettings(BaseModel):
     # A second port that answers only /healthz and /readyz from its own
     # thread, so probes stay green while every request thread is busy.
     health_port: int | None = Field(None, ge=1, le=65535)
+    # host:port of the Prometheus metrics (worker_metrics); empty: not served.
+    metrics_bind: str = ""
 
     def replica_url(self) -> str:
         return self.advertise_url or f"http://127.0.0.1:{self.port}"
@@ -239,6 +242,8 @@ def run_worker(engine: Engine, settings: WorkerServerSettings) -> int:
         # connections reaches: poll() has no such bound.
         asyncore_use_poll=True,
     )
+    if settings.metrics_bind:
+        worker_metrics.serve(settings.metrics_bind)
     registration = Registration(engine, settings, admission.capacity) if settings.registry_url else None
     health = None
     if settings.health_port:

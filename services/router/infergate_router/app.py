@@ -49,8 +49,10 @@ RENDERERS: dict[str, Renderer] = {
     "v2": v2_routes.render_error,
 }
 
-# Reachable without an API key: liveness and readiness probes, metrics.
-OPEN_PATHS = frozenset({"/", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"})
+# Reachable without an API key: liveness and readiness probes. Metrics are
+# served on their own port by the gunicorn master (gunicorn_conf.py), which
+# the Ingress never routes to.
+OPEN_PATHS = frozenset({"/", "/readyz", "/v2/health/live", "/v2/health/ready"})
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -157,10 +159,6 @@ def register_blueprints(app: Flask) -> None:
         if ok:
             return jsonify({"ready": True}), 200
         return jsonify({"ready": False, "reason": reason}), 503
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(services().metrics.render(), mimetype="text/plain; version=0.0.4")
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from infergate_common.errors import Overloaded, ServiceUnavailable
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
@@ -24,12 +24,18 @@ FULL_HOLD_S = 0.1
 
 
 class InFlight:
-    def __init__(self) -> None:
+    """Requests in flight per replica URL. ``on_change(model, delta)``, when
+    given, hears every acquire (+1) and release (-1) with the model the
+    replica was chosen for (the router's in-flight gauge)."""
+
+    def __init__(self, on_change: Callable[[str, int], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._full_until: dict[str, float] = {}
         self._room = threading.Condition(self._lock)
         self.prefixes = PrefixTable()
+        self._model_of: dict[str, str] = {}
+        self._on_change = on_change
 
     def count(self, url: str) -> int:
         return self._counts.get(url, 0)
@@ -55,9 +61,11 @@ class InFlight:
         open_ = [r for r in ready if r.url not in skip and self.has_room(r, now)]
         if not open_:
             raise Overloaded(f"every replica of model {model.name} is busy")
-        return choose_replica(
+        chosen = choose_replica(
             model.routing_policy, open_, self.count, current_hint(), self.prefixes, model.name
         )
+        self._model_of[chosen.url] = model.name
+        return chosen
 
     def mark_full(self, url: str, hold_s: float = FULL_HOLD_S) -> None:
         with self._lock:
@@ -71,6 +79,8 @@ class InFlight:
     def acquire(self, url: str) -> None:
         with self._lock:
             self._counts[url] = self._counts.get(url, 0) + 1
+        if self._on_change is not None:
+            self._on_change(self._model_of.get(url, ""), 1)
 
     def release(self, url: str) -> None:
         with self._lock:
@@ -81,6 +91,8 @@ class InFlight:
                 self._counts.pop(url, None)
             self._full_until.pop(url, None)
             self._room.notify_all()
+        if self._on_change is not None:
+            self._on_change(self._model_of.get(url, ""), -1)
 
     @contextlib.contextmanager
     def held(self, url: str) -> Iterator[None]:

@@ -44,7 +44,8 @@ class RouterServices:
             settings.registry_url, settings.registry_cache_ttl_s, settings.connect_timeout_s
         )
         changes = RegistryChangeListener(settings.redis_url, settings.stream_prefix, directory.invalidate)
-        inflight = InFlight()
+        metrics = RouterMetrics()
+        inflight = InFlight(on_change=metrics.in_flight)
         workers = WorkerClient(settings.connect_timeout_s, settings.request_timeout_s)
         reader = StreamReader(
             settings.redis_url, settings.stream_prefix, settings.stream_block_ms, settings.connect_timeout_s
@@ -57,11 +58,6 @@ class RouterServices:
             settings.heartbeat_deadline_s,
             settings.queue_wait_s,
         )
-        metrics = RouterMetrics()
-        metrics.registry.gauge(
-            "infergate_router_requests_in_flight", "Worker calls and streams in flight.", inflight.total
-        )
-        metrics.registry.gauge("infergate_router_streams_open", "Token streams being read.", reader.active)
         readiness = Readiness(reader, directory)
         return cls(settings, directory, changes, inflight, workers, reader, dispatcher, metrics, readiness)
 

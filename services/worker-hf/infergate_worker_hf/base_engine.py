@@ -24,7 +24,7 @@ from infergate_common.worker_api import (
     WorkerInfo,
 )
 
-from .loading import LoadedModel, load_model, resolve_device, resolve_dtype
+from .loading import LoadedModel, gpu_warning, load_model, resolve_device, resolve_dtype
 from .settings import HFWorkerSettings
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,11 @@ class HFEngine(Engine):
         else:
             device = resolve_device(self.settings)
             dtype = resolve_dtype(self.settings, device)
+        extra = self.extra_info() if loaded else {}
+        if device.type == "cpu":
+            unusable = gpu_warning(self.settings.model_name)
+            if unusable:
+                extra["gpu_unusable"] = unusable
         return WorkerInfo(
             name=self.settings.model_name,
             model_id=loaded.model_id if loaded else self.settings.model_path(),
@@ -115,7 +120,7 @@ class HFEngine(Engine):
             max_model_len=loaded.max_model_len if loaded else None,
             chat_template=bool(loaded and self.has_chat_template()),
             encoder_decoder=bool(loaded and loaded.encoder_decoder),
-            extra=self.extra_info() if loaded else {},
+            extra=extra,
         )
 
     # ------------------------------------------------------------- tokenizer

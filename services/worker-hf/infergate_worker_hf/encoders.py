@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from infergate_common import worker_metrics
 from infergate_common.errors import InvalidRequest
 from infergate_common.limits import check_count, check_encode
 from infergate_common.worker_api import EncodeRequest, EncodeResponse, Usage
@@ -137,8 +138,10 @@ class EncoderEngine(HFEngine):
             self.run_batch,
             max_batch_size=self.settings.max_batch_size,
             max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
+            model=self.settings.model_name,
         )
         self.batcher.start()
+        worker_metrics.track_load(self.settings.model_name, self.batcher.load)
 
     def stop(self) -> None:
         if self.batcher is not None:

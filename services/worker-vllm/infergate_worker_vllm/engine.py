@@ -133,6 +133,8 @@ class VllmEngine(Engine):
         self.choice = choice
         self.architecture = architecture
         self.device = device
+        # Why a GPU given to the pod is unusable ('' when none or usable): in /info.
+        self.gpu_unusable = ""
         self.loop = BackgroundLoop("vllm-asyncio")
         self.batcher = StreamBatcher(settings.redis_url)
         self.llm: Any = None
@@ -189,7 +191,12 @@ class VllmEngine(Engine):
     async def _start_engine(self) -> Any:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(self.engine_args)
+        from .metrics import stat_logger_factories
+
+        # Only the Prometheus loggers: vLLM's periodic throughput log line stays off (disable_log_stats).
+        return AsyncLLM.from_engine_args(
+            self.engine_args, stat_loggers=stat_logger_factories(self.settings.model_name)
+        )
 
     async def _start_batcher(self) -> None:
         self.batcher.start()
@@ -229,6 +236,8 @@ class VllmEngine(Engine):
         }
         if self._loaded.is_set():
             extra["unfinished_requests"] = self.llm.get_num_unfinished_requests()
+        if self.gpu_unusable:
+            extra["gpu_unusable"] = self.gpu_unusable
         return WorkerInfo(
             name=self.settings.model_name,
             model_id=self.settings.model_path(),

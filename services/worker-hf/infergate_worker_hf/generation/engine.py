@@ -7,6 +7,7 @@ import logging
 import threading
 from typing import Any
 
+from infergate_common import worker_metrics
 from infergate_common.errors import InvalidRequest, ServiceUnavailable
 from infergate_common.limits import check_logit_bias_vocabulary, check_sampling
 from infergate_common.tool_calls import DEFAULT_PARSER, check_tools, extractor_factory, parser_name_for
@@ -57,8 +58,10 @@ class GenerationEngine(HFEngine):
             loaded.tokenizer,
             max_num_seqs=self.settings.max_num_seqs,
             after_iteration=self.outbox.flush,
+            model=self.settings.model_name,
         )
         self.scheduler.start()
+        worker_metrics.track_load(self.settings.model_name, self.scheduler.load)
 
     def stop(self) -> None:
         if self.scheduler is not None:
