@@ -15,7 +15,8 @@ from flask import Flask, Response, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from .engine import Engine
-from .errors import InfergateError, InvalidRequest, ServiceUnavailable, to_payload
+from .errors import AuthenticationFailed, InfergateError, InvalidRequest, ServiceUnavailable, to_payload
+from .internal_auth import bearer, token_matches
 from .logs import request_context
 from .worker_api import (
     CancelResponse,
@@ -50,9 +51,23 @@ def _json(model: BaseModel, status: int = 200) -> Response:
     return response
 
 
-def create_worker_app(engine: Engine, stream_key: Callable[[str], str]) -> Flask:
-    """``stream_key(request_id)`` names the Redis stream of a request."""
+# Probes and the description of the model need no credential; every route
+# that runs the model or cancels does.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/info"})
+
+
+def create_worker_app(engine: Engine, stream_key: Callable[[str], str], internal_token: str = "") -> Flask:
+    """``stream_key(request_id)`` names the Redis stream of a request;
+    with ``internal_token`` set, every route but the probes and ``/info``
+    requires ``Authorization: Bearer <internal_token>``."""
     app = Flask("infergate-worker")
+
+    @app.before_request
+    def check_credential() -> None:
+        if not internal_token or request.path in OPEN_PATHS:
+            return
+        if not token_matches(internal_token, bearer(request.headers.get("Authorization"))):
+            raise AuthenticationFailed("this route needs the internal credential", code="internal_credential")
 
     def require_ready() -> None:
         ok, reason = engine.ready()

@@ -18,6 +18,7 @@ import requests
 from pydantic import BaseModel, Field
 
 from .engine import Engine
+from .internal_auth import auth_header, warn_if_open
 from .registry_api import ReplicaRegistration
 from .streams import DEFAULT_PREFIX, stream_key
 from .worker_app import create_worker_app
@@ -44,6 +45,9 @@ class WorkerServerSettings(BaseModel):
     # Open connections waitress accepts (its default, 100, is below what
     # several router processes keep pooled; past it new ones hang unserved).
     connection_limit: int = Field(2000, ge=1)
+    # Shared with the registry and the routers (INFERGATE_INTERNAL_TOKEN): sent
+    # when registering, required from callers of every route but the probes.
+    internal_token: str = Field("", repr=False)
 
     def replica_url(self) -> str:
         return self.advertise_url or f"http://127.0.0.1:{self.port}"
@@ -57,6 +61,7 @@ class Registration:
         self.settings = settings
         self.stopped = threading.Event()
         self.session = requests.Session()
+        self.session.headers.update(auth_header(settings.internal_token))
 
     def _url(self) -> str:
         name = self.engine.info().name
@@ -118,7 +123,10 @@ def run_worker(engine: Engine, settings: WorkerServerSettings) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status."""
     from waitress.server import create_server
 
-    app = create_worker_app(engine, lambda rid: stream_key(settings.stream_prefix, rid))
+    app = create_worker_app(
+        engine, lambda rid: stream_key(settings.stream_prefix, rid), settings.internal_token
+    )
+    warn_if_open(log, "worker", settings.internal_token)
     server = create_server(
         app,
         host=settings.host,

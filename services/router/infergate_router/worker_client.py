@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 
 from infergate_common.errors import GatewayTimeout, UpstreamError, from_payload
+from infergate_common.internal_auth import auth_header
 from infergate_common.worker_api import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -23,6 +24,9 @@ from infergate_common.worker_api import (
     GenerateResponse,
     StreamAccepted,
 )
+
+from . import usage
+from .public_errors import worker_failure
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +39,18 @@ class WorkerUnreachable(UpstreamError):
 
 
 class WorkerClient:
-    def __init__(self, connect_timeout_s: float, request_timeout_s: float, pool_size: int = 1000) -> None:
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        request_timeout_s: float,
+        pool_size: int = 1000,
+        internal_token: str = "",
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
         self.session = requests.Session()
+        # Workers require the internal credential on every route the router calls.
+        self.session.headers.update(auth_header(internal_token))
         # Internal calls: no proxy variables or netrc to look up per request.
         self.session.trust_env = False
         adapter = HTTPAdapter(pool_connections=64, pool_maxsize=pool_size, max_retries=0)
@@ -54,14 +66,16 @@ class WorkerClient:
                 timeout=(self.connect_timeout_s, timeout_s or self.request_timeout_s),
             )
         except requests.ConnectTimeout as exc:
-            raise WorkerUnreachable(f"worker {url} did not accept the connection") from exc
+            log.warning("worker %s did not accept the connection", url)
+            raise WorkerUnreachable("the worker did not accept the connection") from exc
         except requests.Timeout as exc:
             raise GatewayTimeout(
                 f"worker did not answer within {timeout_s or self.request_timeout_s}s"
             ) from exc
         except requests.ConnectionError as exc:
+            log.warning("connection to worker %s failed: %s", url, exc)
             if _never_sent(exc):
-                raise WorkerUnreachable(f"worker {url} is unreachable") from exc
+                raise WorkerUnreachable("the worker is unreachable") from exc
             raise UpstreamError(f"connection to the worker failed: {type(exc).__name__}") from exc
 
     @staticmethod
@@ -71,21 +85,33 @@ class WorkerClient:
                 body = response.json()
             except ValueError:
                 body = None
-            raise from_payload(response.status_code, body)
+            error = from_payload(response.status_code, body)
+            if error.status >= 500 and error.status != 501:
+                # Another process's failure: its text goes to the log, not to the client.
+                log.warning("worker %s answered %s: %s", response.url, response.status_code, error.message)
+                error.message = worker_failure(error.status)
+            elif error.status in (401, 403):
+                log.error("worker refused the router's internal credential: %s", error.message)
+                error = UpstreamError(worker_failure(502))
+            raise error
         try:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
             raise UpstreamError(f"worker answered an unexpected body: {exc.errors()[0]['msg']}") from exc
 
     def generate(self, replica: str, request: GenerateRequest) -> GenerateResponse:
-        return self._parse(self._post(f"{replica}/generate", request), GenerateResponse)
+        response = self._parse(self._post(f"{replica}/generate", request), GenerateResponse)
+        usage.record(response.usage.prompt_tokens, response.usage.completion_tokens)
+        return response
 
     def start_stream(self, replica: str, request: GenerateRequest) -> StreamAccepted:
         response = self._post(f"{replica}/generate", request, timeout_s=max(self.connect_timeout_s, 30.0))
         return self._parse(response, StreamAccepted, expected=202)
 
     def encode(self, replica: str, request: EncodeRequest) -> EncodeResponse:
-        return self._parse(self._post(f"{replica}/encode", request), EncodeResponse)
+        response = self._parse(self._post(f"{replica}/encode", request), EncodeResponse)
+        usage.record(response.usage.prompt_tokens, 0)
+        return response
 
     def detokenize(self, replica: str, request: DetokenizeRequest) -> DetokenizeResponse:
         return self._parse(self._post(f"{replica}/detokenize", request), DetokenizeResponse)
