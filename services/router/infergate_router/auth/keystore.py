@@ -34,6 +34,10 @@ from infergate_common.errors import ServiceUnavailable
 log = logging.getLogger(__name__)
 
 FILE_CHECK_S = 1.0
+# A key not in the cached admin keys refetches them when the copy is older
+# than this, so a key just created works at once, and a flood of wrong keys
+# costs at most one read a second per process.
+MISS_REFRESH_S = 1.0
 
 Index = dict[str, ApiKeyRecord]
 
@@ -129,6 +133,13 @@ class AdminKeys:
             self._index = None
             self._generation += 1
 
+    def find(self, wanted: str) -> ApiKeyRecord | None:
+        record = self.index().get(wanted)
+        if record is None and time.monotonic() - self._fetched_at >= MISS_REFRESH_S:
+            self.invalidate()
+            record = self.index().get(wanted)
+        return record
+
     def index(self) -> Index:
         cached = self._index
         if cached is not None and time.monotonic() - self._fetched_at < self.ttl_s:
@@ -182,7 +193,7 @@ class KeyStore:
         if record is None and self.file is not None:
             record = self.file.index().get(wanted)
         if record is None and self.admin is not None:
-            record = self.admin.index().get(wanted)
+            record = self.admin.find(wanted)
         if record is None or record.expired(now):
             return None
         return record
