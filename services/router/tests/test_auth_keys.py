@@ -186,7 +186,7 @@ def test_scopes_hide_other_models_exactly_as_unknown_ones(make_app, stack: Stack
 
 def test_a_revoked_or_expired_admin_key_stops_working(make_app, stack: Stack) -> None:  # type: ignore[no-untyped-def]
     client = make_app(require_api_key=True, key_cache_ttl_s=60)
-    secret, record = admin_key(stack, KeySpec(expires_at=time.time() + 1.5))
+    secret, _ = admin_key(stack, KeySpec(expires_at=time.time() + 1.5))
     assert client.post("/openai/v1/chat/completions", json=chat(), headers=bearer(secret)).status_code == 200
     deadline = time.monotonic() + 5
     while client.post("/openai/v1/chat/completions", json=chat(), headers=bearer(secret)).status_code != 401:
