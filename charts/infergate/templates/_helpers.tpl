@@ -82,11 +82,42 @@ helm.sh/chart: {{ include "infergate.chart" .root }}
 {{- printf "http://%s:%d" (include "infergate.registryName" .) (int .Values.registry.port) }}
 {{- end }}
 
-{{/* infergate.redisUrlEnv: the INFERGATE_REDIS_URL env entry, from the bundled Redis, the external URL or its secret. */}}
+{{/* infergate.internalSecretName: the Secret the chart generates (internal token, admin token, Redis password). */}}
+{{- define "infergate.internalSecretName" -}}
+{{- printf "%s-internal" (include "infergate.fullname" .) }}
+{{- end }}
+
+{{/* infergate.internalTokenEnv: INFERGATE_INTERNAL_TOKEN, the credential the services present to each other. */}}
+{{- define "infergate.internalTokenEnv" -}}
+- name: INFERGATE_INTERNAL_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "infergate.internalSecretName" . }}
+      key: internal-token
+{{- end }}
+
+{{/* infergate.checkAuth: fails the rendering when the router is published without API keys (unless allowAnonymous). */}}
+{{- define "infergate.checkAuth" -}}
+{{- $published := or .Values.router.ingress.enabled .Values.router.httpRoute.enabled }}
+{{- $auth := .Values.router.auth }}
+{{- $keys := or .Values.router.apiKeys .Values.router.apiKeysSecret.name $auth.keys $auth.existingSecret $auth.adminKeys }}
+{{- if and $published (not $keys) (not $auth.allowAnonymous) }}
+{{- fail "the router is published (router.ingress or router.httpRoute) without API keys: set router.auth.keys, router.auth.existingSecret or router.auth.adminKeys, or router.auth.allowAnonymous=true to publish it open on purpose" }}
+{{- end }}
+{{- end }}
+
+{{/* infergate.redisUrlEnv: the INFERGATE_REDIS_URL env entry, from the bundled Redis (with its generated password), the external URL or its secret. */}}
 {{- define "infergate.redisUrlEnv" -}}
+{{- if .Values.redis.enabled }}
+- name: INFERGATE_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "infergate.internalSecretName" . }}
+      key: redis-password
+{{- end }}
 - name: INFERGATE_REDIS_URL
 {{- if .Values.redis.enabled }}
-  value: {{ printf "redis://%s:6379/0" (include "infergate.redisName" .) | quote }}
+  value: {{ printf "redis://:$(INFERGATE_REDIS_PASSWORD)@%s:6379/0" (include "infergate.redisName" .) | quote }}
 {{- else if .Values.redis.external.urlSecret.name }}
   valueFrom:
     secretKeyRef:
