@@ -60,7 +60,10 @@ class Stack:
         prefix: str = "infergate",
         router_env: Mapping[str, str] | None = None,
         router_workers: int = 2,
+        internal_credential: bool = True,
     ) -> None:
+        """``internal_credential=False``: services without the internal token
+        (the benchmarks call workers straight, as only the router may)."""
         self.workdir = workdir
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -68,7 +71,7 @@ class Stack:
         redis_dir.mkdir(exist_ok=True)
         # As deployed: Redis with a password, services with the internal credential.
         self.redis = RedisServer(redis_dir, password=secrets.token_hex(16))
-        self.internal_token = secrets.token_urlsafe(24)
+        self.internal_token = secrets.token_urlsafe(24) if internal_credential else ""
         self.admin_token = secrets.token_urlsafe(24)
         self.prefix = prefix
         self.router_env = dict(router_env or {})
@@ -94,7 +97,7 @@ class Stack:
 
     def internal_headers(self) -> dict[str, str]:
         """What another infergate service sends: the internal credential."""
-        return {"Authorization": f"Bearer {self.internal_token}"}
+        return {"Authorization": f"Bearer {self.internal_token}"} if self.internal_token else {}
 
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}

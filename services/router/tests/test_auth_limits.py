@@ -200,3 +200,19 @@ def test_token_limits_settle_from_the_usage_of_each_response(limited_app, stack:
             time.sleep(0.01)
     assert statuses[-1] == 429
     assert _window_tokens(stack, "toks") >= 40
+
+
+def test_a_model_cap_holds_for_everyone_without_keys(stack: Stack) -> None:
+    app = create_app(router_settings(stack, model_limits=json.dumps({"embed": {"rpm": 2}})))
+    try:
+        client = app.test_client()
+        body = {"model": "embed", "input": "x"}
+        statuses = [client.post("/openai/v1/embeddings", json=body).status_code for _ in range(4)]
+        assert statuses == [200, 200, 429, 429]
+        refused = client.post("/openai/v1/embeddings", json=body)
+        assert "model embed" in refused.json["error"]["message"]
+        assert "Retry-After" in refused.headers
+        # Other models are not capped.
+        assert client.post("/openai/v1/chat/completions", json=chat()).status_code == 200
+    finally:
+        app.extensions[EXTENSION].close()
