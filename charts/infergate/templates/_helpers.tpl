@@ -198,6 +198,14 @@ helm.sh/chart: {{ include "infergate.chart" .root }}
 The router wants an API key:
 
   export INFERGATE_API_KEY=$(kubectl get secret -n {{ .root.Release.Namespace }} {{ $secret }} -o jsonpath='{.data.{{ .root.Values.router.apiKeysSecret.key }}}' | base64 -d | cut -d, -f1)
+{{- else if not .root.Values.router.auth.allowAnonymous }}
+{{- $auth = " -H \"Authorization: Bearer $INFERGATE_API_KEY\"" }}
+
+The router wants an API key (docs/security.md). Make one with the registry's admin API:
+
+  export INFERGATE_API_KEY=$(kubectl exec -n {{ .root.Release.Namespace }} deploy/{{ include "infergate.routerName" .root }} -- \
+    env INFERGATE_ADMIN_TOKEN="$(kubectl get secret -n {{ .root.Release.Namespace }} {{ include "infergate.internalSecretName" .root }} -o jsonpath='{.data.admin-token}' | base64 -d)" \
+    python -m infergate_router.keys --registry_url {{ include "infergate.registryUrl" .root }} create --name me | head -1)
 {{- end }}
 
   curl{{ $auth }} {{ .base }}/openai/v1/models
