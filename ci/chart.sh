@@ -70,9 +70,17 @@ reject "HPA and KEDA together" --set models.m.modelId=org/m \
     --set models.m.keda.enabled=true --set models.m.keda.maxReplicaCount=2
 reject "external Redis without URL" --set redis.enabled=false
 reject "HTTPRoute without a Gateway" --set router.httpRoute.enabled=true "${DEFAULT_KEYS[@]}"
-reject "Ingress without API keys"
-reject "HTTPRoute without API keys" --set router.ingress.enabled=false --set router.httpRoute.enabled=true \
-    --set "router.httpRoute.parentRefs[0].name=gateway"
+# A template's `fail` only logs under `helm lint`: these are checked by rendering.
+refuse_render() {
+    local why=$1; shift
+    if "$HELM" template infergate "$CHART" "$@" >/dev/null 2>&1; then
+        echo "chart: rendered bad values ($why): $*" >&2
+        exit 1
+    fi
+}
+refuse_render "Ingress without API keys"
+refuse_render "HTTPRoute without API keys" --set router.ingress.enabled=false \
+    --set router.httpRoute.enabled=true --set "router.httpRoute.parentRefs[0].name=gateway"
 reject "API key without its digest" --set router.auth.keys.team-a.models[0]=m
 
 say "chart: install --dry-run=client"
