@@ -1,16 +1,34 @@
 """The chart's security defaults, rendered with a real helm: publishing the
 router without keys fails with one clear line, keys reach the router as a
-file of digests, the generated credentials reach every service, Redis
-requires its password, NetworkPolicies are on."""
+file of digests, the generated credentials reach every service and survive
+upgrades, Redis requires its password, NetworkPolicies are on."""
 
 from __future__ import annotations
 
 import base64
+import http.server
 import json
+import os
 import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
-from chart_fixtures import CHART_DIR, Chart, Manifest, Manifests, RenderFailed, container, env_of, helm_binary
+import yaml
+from chart_fixtures import (
+    CHART_DIR,
+    RELEASE,
+    Chart,
+    Manifest,
+    Manifests,
+    RenderFailed,
+    container,
+    env_of,
+    helm_binary,
+)
 
 from infergate_common.api_keys import digest
 from infergate_router.auth.keystore import parse_keys_file
@@ -168,10 +186,153 @@ def test_credentials_are_generated_once_and_kept_by_lookup(chart: Chart) -> None
         chart.render({**MODEL, "router": {"auth": {"adminKeys": True}}}), chart.name("internal")
     )
     assert all(first[k] != second[k] for k in first)
-    template = (CHART_DIR / "templates" / "internal-secret.yaml").read_text()
-    assert re.search(r'lookup "v1" "Secret" \.Release\.Namespace \$name', template)
-    for key in first:
-        assert f'index $data "{key}" | default' in template
+
+
+class _ApiServerStandIn(http.server.BaseHTTPRequestHandler):
+    """A stand-in for the Kubernetes API server (none can run here): the
+    discovery documents helm asks for, and the release's Secrets it holds."""
+
+    secrets: ClassVar[dict[str, dict[str, str]]] = {}
+    groups: ClassVar[dict[str, list[tuple[str, str]]]] = {
+        "apps/v1": [("deployments", "Deployment"), ("statefulsets", "StatefulSet")],
+        "networking.k8s.io/v1": [("ingresses", "Ingress"), ("networkpolicies", "NetworkPolicy")],
+        "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget")],
+        "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler")],
+    }
+    core: ClassVar[list[tuple[str, str]]] = [
+        ("secrets", "Secret"), ("configmaps", "ConfigMap"), ("services", "Service"),
+        ("serviceaccounts", "ServiceAccount"), ("pods", "Pod"),
+    ]  # fmt: skip
+
+    def _send(self, status: int, body: dict[str, object]) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    @staticmethod
+    def _resources(group_version: str, kinds: list[tuple[str, str]]) -> dict[str, object]:
+        resources = [
+            {"name": n, "singularName": "", "namespaced": True, "kind": k, "verbs": ["get", "list"]}
+            for n, k in kinds
+        ]
+        return {"kind": "APIResourceList", "groupVersion": group_version, "resources": resources}
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        prefix = "/api/v1/namespaces/default/secrets/"
+        if path == "/version":
+            self._send(200, {"major": "1", "minor": "30", "gitVersion": "v1.30.0"})
+        elif path == "/api":
+            self._send(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        elif path == "/api/v1":
+            self._send(200, self._resources("v1", self.core))
+        elif path == "/apis":
+            groups = [
+                {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                 "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}}
+                for gv in self.groups
+            ]  # fmt: skip
+            self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        elif path.startswith("/apis/") and path[6:] in self.groups:
+            self._send(200, self._resources(path[6:], self.groups[path[6:]]))
+        elif path.startswith(prefix) and path[len(prefix) :] in self.secrets:
+            name = path[len(prefix) :]
+            metadata = {
+                "name": name,
+                "namespace": "default",
+                "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                "annotations": {
+                    "meta.helm.sh/release-name": RELEASE,
+                    "meta.helm.sh/release-namespace": "default",
+                },
+            }
+            data = {k: base64.b64encode(v.encode()).decode() for k, v in self.secrets[name].items()}
+            self._send(
+                200,
+                {"kind": "Secret", "apiVersion": "v1", "metadata": metadata, "type": "Opaque", "data": data},
+            )
+        elif path == "/api/v1/namespaces/default/secrets":
+            self._send(200, {"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": []})
+        else:
+            self._send(
+                404,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": "NotFound",
+                    "code": 404,
+                },
+            )
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Path, dict[str, dict[str, str]]]]:
+    """A kubeconfig for the stand-in API server, and the Secrets it holds."""
+    held: dict[str, dict[str, str]] = {}
+    handler = type("Handler", (_ApiServerStandIn,), {"secrets": held})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}
+                ],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "default"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    yield kubeconfig, held
+    server.shutdown()
+    server.server_close()
+
+
+def render_against(chart: Chart, kubeconfig: Path) -> dict[str, str]:
+    """`helm template --dry-run=server`: the rendering an upgrade makes, lookup included."""
+    values = ["--set", "router.auth.adminKeys=true", "--set", "models.m.modelId=org/m"]
+    result = subprocess.run(
+        [
+            chart.helm,
+            "template",
+            RELEASE,
+            str(CHART_DIR),
+            "--dry-run=server",
+            "--disable-openapi-validation",
+            *values,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent)},
+    )
+    assert result.returncode == 0, result.stderr
+    manifests = Manifests([doc for doc in yaml.safe_load_all(result.stdout) if doc])
+    return secret_data(manifests, chart.name("internal"))
+
+
+def test_credentials_are_generated_once_and_kept_across_upgrades(chart: Chart, cluster) -> None:  # type: ignore[no-untyped-def]
+    kubeconfig, held = cluster
+    # First install: nothing in the cluster, fresh values each time.
+    first = render_against(chart, kubeconfig)
+    assert set(first) == {"internal-token", "admin-token", "redis-password"}
+    assert render_against(chart, kubeconfig) != first
+    # Upgrade: the Secret installed is read back with `lookup`, unchanged.
+    held[chart.name("internal")] = first
+    assert render_against(chart, kubeconfig) == first
+    assert render_against(chart, kubeconfig) == first
 
 
 def test_redis_requires_the_password_in_protected_mode(chart: Chart) -> None:
