@@ -17,7 +17,7 @@ import requests
 from conftest import router_settings
 from flask import Flask
 from flask.testing import FlaskClient
-from router_processes import Stack
+from router_processes import Stack, free_port
 
 from infergate_common.api_keys import ApiKeyRecord, KeySpec, digest, keys_hash, make_record
 from infergate_common.registry_api import ChangeMessage, changes_channel
@@ -277,3 +277,18 @@ def test_worker_failures_reach_the_client_without_their_text(make_app, stack: St
         assert f"request id {response.headers['X-Request-Id']}" in message
     finally:
         requests.delete(f"{stack.registry_url}/registry/models/gone", timeout=5)
+
+
+def test_key_store_unreachable_is_503_only_where_keys_are_required(make_app) -> None:  # type: ignore[no-untyped-def]
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    optional = make_app(redis_url=dead)
+    assert (
+        optional.post("/openai/v1/chat/completions", json=chat(), headers=bearer("unused")).status_code == 200
+    )
+    required = make_app(redis_url=dead, require_api_key=True)
+    response = required.post("/openai/v1/chat/completions", json=chat(), headers=bearer("igk-some-key"))
+    assert response.status_code == 503
+    assert (
+        "request id" in response.json["error"]["message"]
+        and "127.0.0.1" not in response.json["error"]["message"]
+    )

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from flask import Response, g, request
 
 from infergate_common.api_keys import ApiKeyRecord
-from infergate_common.errors import AuthenticationFailed, InfergateError
+from infergate_common.errors import AuthenticationFailed, InfergateError, ServiceUnavailable
 from infergate_common.internal_auth import bearer
 
 from .. import usage
@@ -82,7 +82,13 @@ class Admission:
 def authenticate() -> None:
     keys = services().keys
     secret = bearer(request.headers.get("Authorization"))
-    record = keys.lookup(secret) if secret else None
+    try:
+        record = keys.lookup(secret) if secret else None
+    except ServiceUnavailable:
+        if keys.required:
+            raise
+        # Keys are optional here: without the key store the caller is anonymous.
+        record = None
     if record is None and keys.required:
         raise AuthenticationFailed(
             "Missing or invalid API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key"
