@@ -132,8 +132,9 @@ def test_429_in_each_shape_with_retry_after_and_headers(limited_app, stack: Stac
     client, _ = limited_app
     auth = {"Authorization": "Bearer key-requests"}
     seen = []
-    for _ in range(3):
-        response = client.post("/openai/v1/chat/completions", json=chat(), headers=auth)
+    # A Last-Event-ID on a request that resumes nothing does not escape the count.
+    for extra in ({}, {"Last-Event-ID": "1-0"}, {}):
+        response = client.post("/openai/v1/chat/completions", json=chat(), headers={**auth, **extra})
         assert response.status_code == 200
         seen.append(int(response.headers["x-ratelimit-remaining-requests"]))
         assert response.headers["x-ratelimit-limit-requests"] == "3"

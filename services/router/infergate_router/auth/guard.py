@@ -121,7 +121,7 @@ def owner() -> str:
 def _scopes(model: str) -> list[Scope]:
     scopes = []
     record = principal().record
-    if record is not None and record.limits().any():
+    if record is not None and (record.rpm or record.tpm or record.max_concurrent):
         scopes.append(Scope(f"key:{record.id}", record.limits()))
     model_limits = services().settings.model_limits.get(model)
     if model_limits is not None and model_limits.any():

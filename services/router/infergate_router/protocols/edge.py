@@ -82,12 +82,12 @@ def last_event_id() -> str | None:
 def resolve_model(name: str) -> ModelRecord:
     """The model ``name`` as this caller may reach it: a model outside the
     key's scopes is as unknown as one that does not exist. An inference
-    request (a POST that does not resume a stream) is counted against the
-    rate limits here, once its model is known."""
+    request (a POST) is counted against the rate limits here, once its
+    model is known."""
     model = services().directory.resolve(request.headers.get("Host"), name)
     if not guard.allows(model.name):
         raise ModelNotFound(name)
-    if request.method == "POST" and "Last-Event-ID" not in request.headers:
+    if request.method == "POST":
         guard.admit(model.name)
     return model
 

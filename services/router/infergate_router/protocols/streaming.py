@@ -27,6 +27,7 @@ from ..metered_stream import MeteredFormatter
 from ..relay import StreamFormatter, relay
 from ..services import services
 from ..sse import sse_response
+from ..usage import TokenCount
 from .edge import client_request_id, last_event_id, request_id
 
 
@@ -61,7 +62,9 @@ def stream_response(
     except BaseException:
         group.close()
         raise
-    metered = MeteredFormatter(formatter, guard.stream_tokens(), g.request_id)
+    # A resumed stream's tokens were charged to the request that started it.
+    tokens = guard.stream_tokens() if resume_from is None else TokenCount()
+    metered = MeteredFormatter(formatter, tokens, g.request_id)
     events = relay(group, metered, svc.metrics, model.name, g.started_at, request_id())
     settle = guard.stream_settler()
 
