@@ -1,9 +1,9 @@
 # infergate: every target is one line that calls a script in ci/ or a tool.
 # `make help` lists them.
 .DEFAULT_GOAL := help
-export MODEL_ID MODEL_NAME TASK BACKEND PORT FULL REGISTRY TAG PUSH ONLY DRY_RUN CONTAINER_ENGINE
+export MODEL_ID MODEL_NAME TASK BACKEND PORT FULL REGISTRY TAG PUSH ONLY DRY_RUN CONTAINER_ENGINE API_KEYS
 
-run: ## Install what is missing and serve models locally (MODEL_ID=, MODEL_NAME=, TASK=, BACKEND=, PORT=)
+run: ## Install what is missing and serve models locally (MODEL_ID=, MODEL_NAME=, TASK=, BACKEND=, PORT=, API_KEYS=1)
 	@bash ci/run.sh
 
 test: ## Install what is missing, then lint and run every test

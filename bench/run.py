@@ -33,6 +33,7 @@ RESULTS = ROOT / "bench" / "results"
 # Scenario modules in the order they run; (module, runs in the quick set).
 SCENARIOS: dict[str, tuple[str, bool]] = {
     "overhead": ("bench.scenarios.overhead", True),
+    "auth": ("bench.scenarios.auth", True),
     "relay": ("bench.scenarios.relay", True),
     "memory": ("bench.scenarios.memory", True),
     "routing": ("bench.scenarios.routing", True),

@@ -17,6 +17,10 @@
 #   REDIS_PORT, REGISTRY_PORT, WORKER_PORT   private ports (6390, 8090, 8101 and up)
 #   METRICS_PORT the router's Prometheus metrics (default 9090)
 #   STACK_DIR    where the Procfile, logs and Redis files go (default var/stack)
+#   API_KEYS     1: the router requires an API key (one is made and printed); default: no key
+#
+# The services always authenticate to each other (an internal token) and to
+# Redis (a password); both are generated once into $STACK_DIR/secrets.env.
 #
 # Default models (offline): tiny-llama, a small random-weight Llama built by
 # worker-hf's test model builder (it answers gibberish, quickly), and minilm,
@@ -115,7 +119,7 @@ BACKEND="${BACKEND:-auto}"
 STATE="${STACK_DIR:-$ROOT/var/stack}"
 MODELS="$ROOT/var/models"
 VLLM_PY="$ROOT/.venv-vllm/bin/python"
-REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+REDIS_ADDRESS="127.0.0.1:$REDIS_PORT/0"
 REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
 ROUTER_URL="http://127.0.0.1:$PORT"
 METRICS_PORT="${METRICS_PORT:-9090}"
@@ -153,7 +157,8 @@ worker_command() {
         [ "$BACKEND" = huggingface ] && cmd="$cmd --backend huggingface"
     fi
     cmd="$cmd --model_name $(printf %q "$name") --model_id $(printf %q "$model") --port $port"
-    cmd="$cmd --registry_url $REGISTRY_URL --redis_url $REDIS_URL"
+    # Redis's URL (with its password) comes from the environment, not the command line.
+    cmd="$cmd --registry_url $REGISTRY_URL"
     [ -n "$task" ] && cmd="$cmd --task $(printf %q "$task")"
     printf '%s' "$cmd"
 }
@@ -239,8 +244,40 @@ if [ ${#busy[@]} -gt 0 ]; then
 fi
 
 mkdir -p "$STATE/redis"
+umask 077
+# The internal token, the admin token and Redis's password: made once, kept.
+if [ ! -s "$STATE/secrets.env" ]; then
+    "$PY" -c 'import secrets
+print(f"INTERNAL_TOKEN={secrets.token_urlsafe(32)}")
+print(f"ADMIN_TOKEN={secrets.token_urlsafe(32)}")
+print(f"REDIS_PASSWORD={secrets.token_hex(24)}")' >"$STATE/secrets.env"
+fi
+# shellcheck disable=SC1091
+source "$STATE/secrets.env"
+REDIS_URL="redis://:$REDIS_PASSWORD@$REDIS_ADDRESS"
+cat >"$STATE/redis.conf" <<EOF
+port $REDIS_PORT
+bind 127.0.0.1
+protected-mode yes
+requirepass $REDIS_PASSWORD
+save ""
+appendonly no
+dir $STATE/redis
+EOF
+router_auth=""
+if [ "${API_KEYS:-}" = 1 ]; then
+    # One key for the local user: only its digest goes into the router's keys file.
+    if [ ! -s "$STATE/api-key" ] || [ ! -s "$STATE/api-keys.json" ]; then
+        made="$("$PY" -m infergate_router.keys new --name local)"
+        printf '%s\n' "$made" | sed -n 1p >"$STATE/api-key"
+        printf '{"keys": [%s]}\n' "$(printf '%s\n' "$made" | sed -n 2p)" >"$STATE/api-keys.json"
+    fi
+    router_auth="INFERGATE_API_KEYS_FILE=$STATE/api-keys.json "
+fi
 cat >"$STATE/stack.env" <<EOF
 INFERGATE_REDIS_URL=$REDIS_URL
+INFERGATE_INTERNAL_TOKEN=$INTERNAL_TOKEN
+INFERGATE_ADMIN_TOKEN=$ADMIN_TOKEN
 INFERGATE_REGISTRY_URL=$REGISTRY_URL
 HF_HUB_OFFLINE=1
 TRANSFORMERS_OFFLINE=1
@@ -249,9 +286,9 @@ PYTHONUNBUFFERED=1
 INFERGATE_BATCH_STORAGE_URL=$STATE/batch-files
 EOF
 {
-    echo "redis: exec redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no --dir $STATE/redis"
+    echo "redis: exec redis-server $STATE/redis.conf"
     echo "registry: INFERGATE_BIND=127.0.0.1:$REGISTRY_PORT exec $VENV/bin/gunicorn --config python:infergate_registry.gunicorn_conf infergate_registry.wsgi:app"
-    echo "router: INFERGATE_BIND=0.0.0.0:$PORT INFERGATE_METRICS_BIND=127.0.0.1:$METRICS_PORT exec $VENV/bin/gunicorn --config python:infergate_router.gunicorn_conf infergate_router.wsgi:app"
+    echo "router: ${router_auth}INFERGATE_BIND=0.0.0.0:$PORT INFERGATE_METRICS_BIND=127.0.0.1:$METRICS_PORT exec $VENV/bin/gunicorn --config python:infergate_router.gunicorn_conf infergate_router.wsgi:app"
     # The Batch API's Celery worker: runs batch lines through the router's dispatch layer.
     echo "batch: exec $PY -m infergate_batch --concurrency 2"
     for i in "${!workers[@]}"; do
@@ -262,4 +299,7 @@ EOF
 
 say "starting redis-server, registry, router, a batch worker and ${names[*]} (Procfile: $STATE/Procfile)"
 say "the router will answer at $ROUTER_URL; a banner with curl examples follows once the models are loaded"
+if [ -n "$router_auth" ]; then
+    say "API keys are on: send -H \"Authorization: Bearer \$(cat $STATE/api-key)\"; more keys with INFERGATE_ADMIN_TOKEN from $STATE/secrets.env and python -m infergate_router.keys create"
+fi
 exec "$VENV/bin/honcho" -f "$STATE/Procfile" -e "$STATE/stack.env" -d "$ROOT" start

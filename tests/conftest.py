@@ -9,6 +9,8 @@ registry, router under gunicorn+gevent), workers on demand, small models.
 * ``tiny_llm`` / ``minilm``: session workers serving those models with worker-hf.
 * ``fresh_stack``: a stack of its own, for tests that break Redis or the router;
   ``one_process_stack``: one whose router runs a single process.
+* ``no_internal_addresses`` (on for every test here): no response body read
+  from a router contains an internal address or secret (``harness.leaks``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import leaks
 from harness.processes import stop_all
 from harness.stack import Stack, Worker
 
@@ -36,6 +39,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 StartWorker = Callable[..., Worker]
+
+LEAK_WATCH = leaks.install()
 
 _STACKS: list[Stack] = []
 
@@ -167,6 +172,18 @@ def tiny_llm(hf_workers: dict[str, Worker]) -> Worker:
 @pytest.fixture(scope="session")
 def minilm(hf_workers: dict[str, Worker]) -> Worker:
     return hf_workers["minilm"]
+
+
+@pytest.fixture(autouse=True)
+def no_internal_addresses() -> Iterator[leaks.LeakWatch]:
+    """Fails the test when a body read from a router held the address of the
+    registry, a worker or Redis, the Redis password or an internal token."""
+    LEAK_WATCH.take()
+    yield LEAK_WATCH
+    found = LEAK_WATCH.take()
+    if found:
+        lines = [f"{leak.url}: {leak.found!r} in ...{leak.excerpt}..." for leak in found]
+        pytest.fail("internal addresses or secrets in client-facing responses:\n" + "\n".join(lines))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -176,7 +176,9 @@ class ClusterOnLoopback:
     def _rewrite(self, text: str, pod: LocalPod) -> str:
         for (service, service_port), local in self.addresses.items():
             text = re.sub(
-                rf"\b([a-z]+)://{re.escape(service)}:{service_port}\b", rf"\g<1>://127.0.0.1:{local}", text
+                rf"\b([a-z]+)://([^/@\s]*@)?{re.escape(service)}:{service_port}\b",
+                rf"\g<1>://\g<2>127.0.0.1:{local}",
+                text,
             )
         for own in (pod.container_port, *pod.other_ports):
             local = pod.local_port(own)
@@ -285,7 +287,9 @@ def chart_values(
         "streamPrefix": STREAM_PREFIX,
         # One process each (the defaults are two): the process counts show INFERGATE_WORKERS works.
         "router": {"workers": 1, "apiKeys": [API_KEY], "config": {"heartbeatDeadlineS": 10}},
-        "registry": {"workers": 1},
+        # The local stand-in for the pod IP (127.0.0.2) is not the address the worker's
+        # connections come from, as it would be in a cluster.
+        "registry": {"workers": 1, "checkReplicaAddress": False},
         "models": {
             MODEL: {
                 "runtime": runtime,
@@ -307,7 +311,10 @@ def local_release(
     chart = Chart(helm_binary())
     manifests = chart.render(values)
     (workdir / "redis").mkdir()
-    redis = RedisServer(workdir / "redis").start()
+    # The bundled Redis's password, as the chart generated it.
+    internal = manifests.one("Secret", chart.name("internal"))
+    password = base64.b64decode(internal["data"]["redis-password"]).decode()
+    redis = RedisServer(workdir / "redis", password=password).start()
     cluster = ClusterOnLoopback(manifests, redis.port, workdir)
     processes: dict[str, CleanProcess] = {}
     try:

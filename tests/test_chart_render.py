@@ -193,7 +193,8 @@ def test_worker_reaches_the_registry_and_redis_services_it_names(chart: Chart, t
     )
     # Kubernetes expands $(VAR) from the container's env.
     assert flag_value(args, "--redis_url") == "$(INFERGATE_REDIS_URL)"
-    assert env["INFERGATE_REDIS_URL"]["value"] == f"redis://{redis['metadata']['name']}:6379/0"
+    password = "$(INFERGATE_REDIS_PASSWORD)"
+    assert env["INFERGATE_REDIS_URL"]["value"] == f"redis://:{password}@{redis['metadata']['name']}:6379/0"
     port = spec["ports"][0]["containerPort"]
     assert flag_value(args, "--port") == str(port)
     assert flag_value(args, "--advertise_url") == f"http://$(POD_IP):{port}"
@@ -423,8 +424,10 @@ def test_horizontal_pod_autoscaler_per_model(chart: Chart) -> None:
 
 
 def test_network_policies_only_when_enabled(chart: Chart, two_models: Manifests) -> None:
-    assert "NetworkPolicy" not in two_models.kinds()
-    on = chart.render({"networkPolicy": {"enabled": True}}, files=(example("two-models-two-domains"),))
+    off = chart.render({"networkPolicy": {"enabled": False}}, files=(example("two-models-two-domains"),))
+    assert "NetworkPolicy" not in off.kinds()
+    # On by default.
+    on = two_models
     workers_policy = on.one("NetworkPolicy", chart.name("worker"))
     allowed = workers_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert allowed["app.kubernetes.io/component"] == "router"

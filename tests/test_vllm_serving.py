@@ -64,7 +64,9 @@ def client(stack: Stack, vllm_llama: Worker) -> openai.OpenAI:
 
 
 def prompt_tokens(worker: Worker, prompt: str) -> int:
-    response = requests.post(f"{worker.url}/tokenize", json={"prompt": prompt}, timeout=10)
+    response = requests.post(
+        f"{worker.url}/tokenize", json={"prompt": prompt}, headers=worker.headers, timeout=10
+    )
     response.raise_for_status()
     return int(response.json()["count"])
 
@@ -281,12 +283,14 @@ def test_cancel_on_the_worker_aborts_the_request_in_the_engine(stack: Stack, vll
         "request_id": request_id, "prompt": "hello", "stream": True,
         "params": {"max_tokens": MAX_MODEL_LEN - 8, "ignore_eos": True},
     }  # fmt: skip
-    accepted = requests.post(f"{vllm_llama.url}/generate", json=body, timeout=10)
+    accepted = requests.post(f"{vllm_llama.url}/generate", json=body, headers=vllm_llama.headers, timeout=10)
     assert accepted.status_code == 202
     key = accepted.json()["stream_key"]
     redis = stack.redis.client()
     wait_for(lambda: redis.xlen(key) >= 2, 30, "streaming")
-    assert requests.post(f"{vllm_llama.url}/cancel/{request_id}", timeout=10).json() == {"cancelled": True}
+    assert requests.post(
+        f"{vllm_llama.url}/cancel/{request_id}", headers=vllm_llama.headers, timeout=10
+    ).json() == {"cancelled": True}
     wait_for(lambda: unfinished_requests(vllm_llama) == 0, 5, "freed in the engine")
     ((_, last),) = redis.xrevrange(key, count=1)
     assert last["event"] == "done"

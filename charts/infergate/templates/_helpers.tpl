@@ -92,11 +92,42 @@ or localhost) is replaced by it: a mirror holds the images under the same paths.
 {{- printf "http://%s:%d" (include "infergate.registryName" .) (int .Values.registry.port) }}
 {{- end }}
 
-{{/* infergate.redisUrlEnv: the INFERGATE_REDIS_URL env entry, from the bundled Redis, the external URL or its secret. */}}
+{{/* infergate.internalSecretName: the Secret the chart generates (internal token, admin token, Redis password). */}}
+{{- define "infergate.internalSecretName" -}}
+{{- printf "%s-internal" (include "infergate.fullname" .) }}
+{{- end }}
+
+{{/* infergate.internalTokenEnv: INFERGATE_INTERNAL_TOKEN, the credential the services present to each other. */}}
+{{- define "infergate.internalTokenEnv" -}}
+- name: INFERGATE_INTERNAL_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "infergate.internalSecretName" . }}
+      key: internal-token
+{{- end }}
+
+{{/* infergate.checkAuth: fails the rendering when the router is published without API keys (unless allowAnonymous). */}}
+{{- define "infergate.checkAuth" -}}
+{{- $published := or .Values.router.ingress.enabled .Values.router.httpRoute.enabled }}
+{{- $auth := .Values.router.auth }}
+{{- $keys := or .Values.router.apiKeys .Values.router.apiKeysSecret.name $auth.keys $auth.existingSecret $auth.adminKeys }}
+{{- if and $published (not $keys) (not $auth.allowAnonymous) }}
+{{- fail "the router is published (router.ingress or router.httpRoute) without API keys: set router.auth.keys, router.auth.existingSecret or router.auth.adminKeys, or router.auth.allowAnonymous=true to publish it open on purpose" }}
+{{- end }}
+{{- end }}
+
+{{/* infergate.redisUrlEnv: the INFERGATE_REDIS_URL env entry, from the bundled Redis (with its generated password), the external URL or its secret. */}}
 {{- define "infergate.redisUrlEnv" -}}
+{{- if .Values.redis.enabled }}
+- name: INFERGATE_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "infergate.internalSecretName" . }}
+      key: redis-password
+{{- end }}
 - name: INFERGATE_REDIS_URL
 {{- if .Values.redis.enabled }}
-  value: {{ printf "redis://%s:6379/0" (include "infergate.redisName" .) | quote }}
+  value: {{ printf "redis://:$(INFERGATE_REDIS_PASSWORD)@%s:6379/0" (include "infergate.redisName" .) | quote }}
 {{- else if .Values.redis.external.urlSecret.name }}
   valueFrom:
     secretKeyRef:
@@ -178,6 +209,14 @@ or localhost) is replaced by it: a mirror holds the images under the same paths.
 The router wants an API key:
 
   export INFERGATE_API_KEY=$(kubectl get secret -n {{ .root.Release.Namespace }} {{ $secret }} -o jsonpath='{.data.{{ .root.Values.router.apiKeysSecret.key }}}' | base64 -d | cut -d, -f1)
+{{- else if not .root.Values.router.auth.allowAnonymous }}
+{{- $auth = " -H \"Authorization: Bearer $INFERGATE_API_KEY\"" }}
+
+The router wants an API key (docs/security.md). Make one with the registry's admin API:
+
+  export INFERGATE_API_KEY=$(kubectl exec -n {{ .root.Release.Namespace }} deploy/{{ include "infergate.routerName" .root }} -- \
+    env INFERGATE_ADMIN_TOKEN="$(kubectl get secret -n {{ .root.Release.Namespace }} {{ include "infergate.internalSecretName" .root }} -o jsonpath='{.data.admin-token}' | base64 -d)" \
+    python -m infergate_router.keys --registry_url {{ include "infergate.registryUrl" .root }} create --name me | head -1)
 {{- end }}
 
   curl{{ $auth }} {{ .base }}/openai/v1/models

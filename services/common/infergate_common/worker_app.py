@@ -16,7 +16,8 @@ from pydantic import BaseModel, ValidationError
 
 from .admission import Admission
 from .engine import Engine
-from .errors import InfergateError, InvalidRequest, ServiceUnavailable, to_payload
+from .errors import AuthenticationFailed, InfergateError, InvalidRequest, ServiceUnavailable, to_payload
+from .internal_auth import bearer, token_matches
 from .logs import request_context
 from .worker_api import (
     CancelResponse,
@@ -62,15 +63,31 @@ def readiness(engine: Engine, admission: Admission) -> tuple[bool, str]:
     return engine.ready()
 
 
+# Probes and the description of the model need no credential; every route
+# that runs the model or cancels does.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/info"})
+
+
 def create_worker_app(
-    engine: Engine, stream_key: Callable[[str], str], admission: Admission | None = None
+    engine: Engine,
+    stream_key: Callable[[str], str],
+    admission: Admission | None = None,
+    internal_token: str = "",
 ) -> Flask:
     """``stream_key(request_id)`` names the Redis stream of a request;
     ``admission`` bounds what the replica takes (default: the engine's
-    default capacity)."""
+    default capacity); with ``internal_token`` set, every route but the
+    probes and ``/info`` requires ``Authorization: Bearer <internal_token>``."""
     app = Flask("infergate-worker")
     admission = admission or Admission(engine, engine.default_capacity())
     app.extensions["infergate_admission"] = admission
+
+    @app.before_request
+    def check_credential() -> None:
+        if not internal_token or request.path in OPEN_PATHS:
+            return
+        if not token_matches(internal_token, bearer(request.headers.get("Authorization"))):
+            raise AuthenticationFailed("this route needs the internal credential", code="internal_credential")
 
     def require_ready() -> None:
         ok, reason = engine.ready()

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from . import worker_metrics
 from .admission import Admission
 from .engine import Engine
+from .internal_auth import auth_header, warn_if_open
 from .registry_api import ReplicaRegistration, RoutingPolicy
 from .streams import DEFAULT_PREFIX, stream_key
 from .worker_app import create_worker_app, readiness
@@ -71,6 +72,9 @@ class WorkerServerSettings(BaseModel):
     health_port: int | None = Field(None, ge=1, le=65535)
     # host:port of the Prometheus metrics (worker_metrics); empty: not served.
     metrics_bind: str = ""
+    # Shared with the registry and the routers (INFERGATE_INTERNAL_TOKEN): sent
+    # when registering, required from callers of every route but the probes.
+    internal_token: str = Field("", repr=False)
 
     def replica_url(self) -> str:
         return self.advertise_url or f"http://127.0.0.1:{self.port}"
@@ -86,6 +90,7 @@ class Registration:
         self.stopped = threading.Event()
         self.session = requests.Session()
         self.thread: threading.Thread | None = None
+        self.session.headers.update(auth_header(settings.internal_token))
 
     def _url(self) -> str:
         name = self.engine.info().name
@@ -229,7 +234,10 @@ def run_worker(engine: Engine, settings: WorkerServerSettings) -> int:
     from waitress.server import create_server
 
     admission = Admission(engine, settings.capacity or engine.default_capacity())
-    app = create_worker_app(engine, lambda rid: stream_key(settings.stream_prefix, rid), admission)
+    app = create_worker_app(
+        engine, lambda rid: stream_key(settings.stream_prefix, rid), admission, settings.internal_token
+    )
+    warn_if_open(log, "worker", settings.internal_token)
     server = create_server(
         app,
         host=settings.host,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TypeVar
 
 import redis
@@ -11,9 +12,13 @@ from pydantic import BaseModel, ValidationError
 from infergate_common.errors import InvalidRequest
 from infergate_common.registry_api import AliasesUpdate, DomainsUpdate, ReplicaRegistration, RoutingUpdate
 
+from .access import admit_registration
+from .settings import RegistrySettings
 from .store import RegistryStore
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+log = logging.getLogger(__name__)
 
 health = Blueprint("health", __name__)
 registry = Blueprint("registry", __name__, url_prefix="/registry")
@@ -50,7 +55,8 @@ def readyz() -> tuple[Response, int]:
     try:
         store().ping()
     except redis.RedisError as exc:
-        return jsonify({"ready": False, "reason": f"redis unreachable: {exc}"}), 503
+        log.warning("redis unreachable: %s", exc)
+        return jsonify({"ready": False, "reason": "redis unreachable"}), 503
     return jsonify({"ready": True}), 200
 
 
@@ -72,7 +78,8 @@ def delete_model(name: str) -> Response:
 
 @registry.post("/models/<name>/replicas")
 def register_replica(name: str) -> Response:
-    return as_json(store().register(name, parse(ReplicaRegistration)))
+    settings: RegistrySettings = current_app.config["INFERGATE_SETTINGS"]
+    return as_json(store().register(name, admit_registration(parse(ReplicaRegistration), settings)))
 
 
 @registry.delete("/models/<name>/replicas")

@@ -8,7 +8,6 @@ built at import time by ``wsgi.py`` and in tests without any service up.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import math
 import re
@@ -20,7 +19,6 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from infergate_common.errors import (
-    AuthenticationFailed,
     InfergateError,
     InvalidRequest,
     NotFound,
@@ -28,6 +26,8 @@ from infergate_common.errors import (
 )
 from infergate_common.logs import request_context
 
+from . import public_errors
+from .auth import guard
 from .protocols import kserve
 from .protocols.openai import batches as openai_batches
 from .protocols.openai import routes as openai_routes
@@ -99,19 +99,12 @@ def register_request_hooks(app: Flask) -> None:
 
     @app.before_request
     def authenticate() -> None:
-        if not settings.api_keys or request.path in OPEN_PATHS:
-            return
-        header = request.headers.get("Authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            hmac.compare_digest(key.strip().encode(), allowed.encode()) for allowed in settings.api_keys
-        ):
-            raise AuthenticationFailed(
-                "Missing or invalid API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key"
-            )
+        if request.path not in OPEN_PATHS:
+            guard.authenticate()
 
     @app.after_request
     def finish(response: Response) -> Response:
+        guard.finish(response)
         request_id = g.get("request_id")
         if request_id:
             response.headers["X-Request-Id"] = request_id
@@ -133,6 +126,7 @@ def register_request_hooks(app: Flask) -> None:
 
     @app.teardown_request
     def leave_context(_: BaseException | None) -> None:
+        guard.teardown()
         context = g.pop("log_context", None)
         if context is not None:
             # A context entered in another greenlet cannot be reset from this one.
@@ -166,7 +160,7 @@ def register_error_handlers(app: Flask) -> None:
     def infergate_error(error: InfergateError) -> Response:
         if error.status >= 500:
             log.warning("request failed: %s", error.message, extra={"status": error.status})
-        response = renderer_for_request()(error)
+        response = renderer_for_request()(public_errors.public(error, g.get("request_id")))
         if error.retry_after_s is not None:
             response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
         return response
@@ -188,7 +182,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
         log.exception("unexpected router error")
-        return renderer_for_request()(InfergateError(f"internal error: {type(error).__name__}"))
+        message = public_errors.with_request_id("internal error", g.get("request_id"))
+        return renderer_for_request()(InfergateError(message))
 
 
 STEPS: tuple[Callable[[Flask], None], ...] = (

@@ -11,6 +11,10 @@ import threading
 import time
 from dataclasses import dataclass
 
+import redis
+
+from .auth.keystore import AdminKeys, KeysFile, KeyStore
+from .auth.limiter import RateLimiter
 from .dispatch import Dispatcher
 from .metrics import RouterMetrics
 from .model_directory import ModelDirectory
@@ -37,16 +41,52 @@ class RouterServices:
     dispatcher: Dispatcher
     metrics: RouterMetrics
     readiness: Readiness
+    keys: KeyStore
+    limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: RouterSettings) -> RouterServices:
         directory = ModelDirectory(
             settings.registry_url, settings.registry_cache_ttl_s, settings.connect_timeout_s
         )
-        changes = RegistryChangeListener(settings.redis_url, settings.stream_prefix, directory.invalidate)
+        # Keys and limits share one small pool; nothing connects before the first call.
+        auth_redis = redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=32,
+                timeout=settings.connect_timeout_s + 2,
+                socket_connect_timeout=settings.connect_timeout_s,
+                socket_timeout=settings.connect_timeout_s + 2,
+            )
+        )
+        admin_keys = (
+            AdminKeys(auth_redis, settings.stream_prefix, settings.key_cache_ttl_s)
+            if settings.admin_keys
+            else None
+        )
+        keys = KeyStore(
+            settings.api_keys,
+            KeysFile(settings.api_keys_file) if settings.api_keys_file else None,
+            admin_keys,
+            settings.require_api_key,
+        )
+        limiter = RateLimiter(
+            auth_redis,
+            settings.stream_prefix,
+            lease_s=settings.request_timeout_s + 60,
+            fail_open=settings.rate_limit_failure == "open",
+        )
+
+        def on_change() -> None:
+            directory.invalidate()
+            keys.invalidate()
+
+        changes = RegistryChangeListener(settings.redis_url, settings.stream_prefix, on_change)
         metrics = RouterMetrics()
         inflight = InFlight(on_change=metrics.in_flight)
-        workers = WorkerClient(settings.connect_timeout_s, settings.request_timeout_s)
+        workers = WorkerClient(
+            settings.connect_timeout_s, settings.request_timeout_s, internal_token=settings.internal_token
+        )
         reader = StreamReader(
             settings.redis_url, settings.stream_prefix, settings.stream_block_ms, settings.connect_timeout_s
         )
@@ -59,7 +99,19 @@ class RouterServices:
             settings.queue_wait_s,
         )
         readiness = Readiness(reader, directory)
-        return cls(settings, directory, changes, inflight, workers, reader, dispatcher, metrics, readiness)
+        return cls(
+            settings,
+            directory,
+            changes,
+            inflight,
+            workers,
+            reader,
+            dispatcher,
+            metrics,
+            readiness,
+            keys,
+            limiter,
+        )
 
     def begin_drain(self) -> None:
         """SIGTERM: readiness turns 503; open streams may run for
@@ -84,6 +136,7 @@ class RouterServices:
         self.reader.stop()
         self.workers.close()
         self.directory.close()
+        self.limiter.client.connection_pool.disconnect()
 
 
 def services() -> RouterServices:

@@ -28,7 +28,8 @@ from geventhttpclient.response import HTTPParseError
 from pydantic import BaseModel, ValidationError
 from urllib3.exceptions import NewConnectionError
 
-from infergate_common.errors import GatewayTimeout, UpstreamError, from_payload
+from infergate_common.errors import GatewayTimeout, Overloaded, UpstreamError, from_payload
+from infergate_common.internal_auth import auth_header
 from infergate_common.worker_api import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -40,6 +41,9 @@ from infergate_common.worker_api import (
     TabularPredictRequest,
     TabularPredictResponse,
 )
+
+from . import usage
+from .public_errors import worker_failure
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +97,16 @@ class _Client(HTTPClient):
 
 
 class WorkerClient:
-    def __init__(self, connect_timeout_s: float, request_timeout_s: float, pool_size: int = 1000) -> None:
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        request_timeout_s: float,
+        pool_size: int = 1000,
+        internal_token: str = "",
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
+        # Workers require the internal credential on every route the router calls.
+        self.headers = {**JSON_HEADERS, **auth_header(internal_token)}
         self.request_timeout_s = request_timeout_s
         self.stream_timeout_s = max(connect_timeout_s, STREAM_START_TIMEOUT_S)
         self.pool_size = pool_size
@@ -132,11 +144,12 @@ class WorkerClient:
 
     def _post(self, replica: str, path: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
         try:
-            response = self._client(replica, timeout_s).request("POST", path, body=body, headers=JSON_HEADERS)
+            response = self._client(replica, timeout_s).request("POST", path, body=body, headers=self.headers)
             return response.status_code, response.read()
         except (OSError, HTTPParseError) as exc:
+            log.warning("call to worker %s%s failed: %r", replica, path, exc)
             if never_sent(exc):
-                raise WorkerUnreachable(f"worker {replica} is unreachable") from exc
+                raise WorkerUnreachable("the worker is unreachable") from exc
             if isinstance(exc, TimeoutError):
                 raise GatewayTimeout(f"worker did not answer within {timeout_s:g}s") from exc
             raise UpstreamError(f"connection to the worker failed: {type(exc).__name__}") from exc
@@ -149,7 +162,15 @@ class WorkerClient:
                 body = orjson.loads(data)
             except orjson.JSONDecodeError:
                 body = None
-            raise from_payload(status, body)
+            error = from_payload(status, body)
+            if error.status >= 500 and error.status != 501 and not isinstance(error, Overloaded):
+                # Another process's failure: its text goes to the log, not to the client.
+                log.warning("worker answered %s: %s", status, error.message)
+                error.message = worker_failure(error.status)
+            elif error.status in (401, 403):
+                log.error("worker refused the router's internal credential: %s", error.message)
+                error = UpstreamError(worker_failure(502))
+            raise error
         try:
             return model.model_validate_json(data)
         except ValidationError as exc:
@@ -162,7 +183,9 @@ class WorkerClient:
 
     def generate(self, replica: str, request: GenerateRequest) -> GenerateResponse:
         answer = self._post(replica, "/generate", self._body(request), self.request_timeout_s)
-        return self._parse(answer, GenerateResponse)
+        response = self._parse(answer, GenerateResponse)
+        usage.record(response.usage.prompt_tokens, response.usage.completion_tokens)
+        return response
 
     def start_stream(self, replica: str, request: GenerateRequest) -> StreamAccepted:
         answer = self._post(replica, "/generate", self._body(request), self.stream_timeout_s)
@@ -170,7 +193,9 @@ class WorkerClient:
 
     def encode(self, replica: str, request: EncodeRequest) -> EncodeResponse:
         answer = self._post(replica, "/encode", self._body(request), self.request_timeout_s)
-        return self._parse(answer, EncodeResponse)
+        response = self._parse(answer, EncodeResponse)
+        usage.record(response.usage.prompt_tokens, 0)
+        return response
 
     def predict(self, replica: str, request: TabularPredictRequest) -> TabularPredictResponse:
         answer = self._post(replica, "/predict", self._body(request), self.request_timeout_s)

@@ -231,3 +231,5 @@ class StreamNote(BaseModel):
     created: int
     n: int
     include_usage: bool
+    # The id of the API key that opened the stream ('' without a key): only it may resume.
+    owner: str = ""

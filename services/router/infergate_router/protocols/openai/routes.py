@@ -20,6 +20,7 @@ from infergate_common.worker_api import (
 )
 
 from ... import limits
+from ...auth import guard
 from ...client_watch import client_watch
 from ...services import services
 from ..edge import ENTRY_ID, parse_body, reachable_models, ready, request_id, resolve_model, run_all
@@ -131,7 +132,12 @@ def completions() -> Response:
             f"cmpl-{rid}", created, model.name, params.n, include_usage, single=len(requests) == 1
         )
         note = StreamNote(
-            kind="completion", model=model.name, created=created, n=params.n, include_usage=include_usage
+            kind="completion",
+            model=model.name,
+            created=created,
+            n=params.n,
+            include_usage=include_usage,
+            owner=guard.owner(),
         )
         return stream_response(model, requests, formatter, note.model_dump_json())
     responses = run_all([lambda req=req: _generate(model, req) for req in requests])  # type: ignore[misc]
@@ -162,22 +168,35 @@ def chat_completions() -> Response:
             resumed=request.headers.get("Last-Event-ID") is not None,
         )
         note = StreamNote(
-            kind="chat", model=model.name, created=created, n=params.n, include_usage=include_usage
+            kind="chat",
+            model=model.name,
+            created=created,
+            n=params.n,
+            include_usage=include_usage,
+            owner=guard.owner(),
         )
         return stream_response(model, [req], formatter, note.model_dump_json())
     return _json(chat_completion(rid, created, model.name, _generate(model, req)))
 
 
-@blueprint.get("/streams/<request_id>")
-def resume_stream(request_id: str) -> Response:
-    """Replay an OpenAI stream from ``Last-Event-ID`` (see ``protocols.streaming``)."""
+@blueprint.get("/streams/<public_id>")
+def resume_stream(public_id: str) -> Response:
+    """Replay an OpenAI stream from ``Last-Event-ID`` (see ``protocols.streaming``);
+    only the key that opened a stream reaches it (the id is looked up under
+    the caller's key, and the note names its owner)."""
     last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     if last_id is not None and not ENTRY_ID.match(last_id.strip()):
         raise InvalidRequest("Last-Event-ID must be a stream entry id such as 1700000000000-0")
+    missing = NotFound(f"no stream for request {public_id}; it ended long ago or never began")
+    if guard.NAMESPACE_SEPARATOR in public_id:
+        raise missing
+    request_id = guard.internal_request_id(public_id)
     raw = services().reader.read_note(services().dispatcher.note_key(request_id))
     if raw is None:
-        raise NotFound(f"no stream for request {request_id}; it ended long ago or never began")
+        raise missing
     note = StreamNote.model_validate_json(raw)
+    if note.owner != guard.owner():
+        raise missing
     resumed = last_id is not None
     formatter: CompletionStream | ChatStream
     if note.kind == "chat":
