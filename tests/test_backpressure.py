@@ -128,15 +128,19 @@ def test_a_thousand_requests_against_sixteen_slots(stack: Stack, null_worker: St
                 assert str(result["text"]).count("tok") == TOKENS
             continue
         refused += 1
-        assert status == (429 if openai else 503), result
+        # 429 when the model is full (OpenAI), 503 for KServe, or when the
+        # router itself runs short (of Redis connections): always with Retry-After.
+        assert status in ((429, 503) if openai else (503,)), result
         assert result["retry_after"] is not None and int(str(result["retry_after"])) >= 1, result
         assert "application/json" in str(result["content_type"])
         if openai:
-            assert '"type":"overloaded_error"' in str(result["text"]).replace(" ", ""), result
+            assert '"error":{' in str(result["text"]).replace(" ", ""), result
         else:
             assert str(result["text"]).startswith('{"error": "'), result
     assert served >= CAPACITY
     assert refused > 0, "nothing was refused: the replica was never full"
+    overloaded = [r for r in results if r["status"] == 429 and "overloaded_error" in str(r["text"])]
+    assert overloaded, "no OpenAI client was told the model is at capacity"
     assert expected
 
     # The probes never queued behind the flood.

@@ -54,6 +54,9 @@ RENDERERS: dict[str, Renderer] = {
 # the Ingress never routes to.
 OPEN_PATHS = frozenset({"/", "/readyz", "/v2/health/live", "/v2/health/ready"})
 
+# Retry-After of a 429 or 503 that does not name its own.
+DEFAULT_RETRY_AFTER_S = 1.0
+
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -161,8 +164,12 @@ def register_error_handlers(app: Flask) -> None:
         if error.status >= 500:
             log.warning("request failed: %s", error.message, extra={"status": error.status})
         response = renderer_for_request()(public_errors.public(error, g.get("request_id")))
-        if error.retry_after_s is not None:
-            response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+        retry_after = error.retry_after_s
+        if retry_after is None and response.status_code in (429, 503):
+            # Overloaded or a dependency briefly away: clients back off and come back.
+            retry_after = DEFAULT_RETRY_AFTER_S
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         return response
 
     @app.errorhandler(HTTPException)

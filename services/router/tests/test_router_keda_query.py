@@ -45,7 +45,8 @@ def rendered_query(metric: str, **keda: str) -> tuple[str, str]:
         "metric": metric, **keda}}}}  # fmt: skip
     done = subprocess.run(
         [tool("helm.sh"), "template", RELEASE, str(ROOT / "charts" / "infergate"), "--namespace", NAMESPACE,
-         "--api-versions", "keda.sh/v1alpha1", "--set-json", f"models={json.dumps(values['models'])}"],
+         "--api-versions", "keda.sh/v1alpha1", "--set-json", f"models={json.dumps(values['models'])}",
+         "--set", "router.auth.adminKeys=true"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
