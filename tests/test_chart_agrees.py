@@ -308,7 +308,7 @@ def local_release(
     workdir: Path, values: dict[str, Any], worker_bin: Path = VENV_BIN, worker_timeout_s: float = 180
 ) -> Iterator[LocalRelease]:
     """The chart rendered with ``values``, its Deployments running here."""
-    chart = Chart(helm_binary())
+    chart = Chart(helm_binary(), base=None)
     manifests = chart.render(values)
     (workdir / "redis").mkdir()
     # The bundled Redis's password, as the chart generated it.
@@ -447,7 +447,7 @@ def test_worker_command_is_worker_hf_with_kserve_flags(listed: LocalRelease) -> 
 
 
 def test_helm_test_pod_script_passes_against_the_release(listed: LocalRelease) -> None:
-    chart = Chart(helm_binary())
+    chart = Chart(helm_binary(), base=None)
     pod = chart.render(chart_values(Path("/unused"))).one("Pod", chart.name("router-test"))
     spec = pod["spec"]["containers"][0]
     env = {
@@ -506,7 +506,7 @@ def notes_commands(notes: str) -> list[str]:
 def test_notes_curl_commands_answer(listed: LocalRelease) -> None:
     """The curl commands the install prints, run as printed, with the model's
     host name resolved to the local router (as DNS would point it at the ingress)."""
-    chart = Chart(helm_binary())
+    chart = Chart(helm_binary(), base=None)
     values = copy.deepcopy(listed.values)
     values["router"]["ingress"] = {"host": MODEL_HOST}
     notes = chart.notes(values)

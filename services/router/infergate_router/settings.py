@@ -37,9 +37,9 @@ class RouterSettings(GenerationLimits):
     api_keys_file: str = ""
     # Also accept the keys created through the registry's admin API (in Redis).
     admin_keys: bool = True
-    # Refuse requests without a valid key even when no key is configured at start
-    # (keys then come from the admin API).
-    require_api_key: bool = False
+    # Refuse requests without a valid key (true), or let them through as anonymous
+    # (false); unset: required when keys are given at start (api_keys, api_keys_file).
+    require_api_key: bool | None = None
     # The admin API's keys are refetched after this long even without a change message.
     key_cache_ttl_s: float = Field(5.0, gt=0)
     # Global caps per model name, JSON: {"llama": {"rpm": 600, "tpm": 100000, "max_concurrent": 32}}.

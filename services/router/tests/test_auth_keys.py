@@ -292,3 +292,20 @@ def test_key_store_unreachable_is_503_only_where_keys_are_required(make_app) -> 
         "request id" in response.json["error"]["message"]
         and "127.0.0.1" not in response.json["error"]["message"]
     )
+
+
+def test_anonymous_allowed_beside_keys_with_limits(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "keys.json"
+    key_id = f"lim-{uuid.uuid4().hex[:6]}"
+    write_keys(path, [{"key": "limited-key", "id": key_id, "rpm": 1}])
+    client = make_app(api_keys_file=str(path), require_api_key=False)
+    assert client.post("/openai/v1/chat/completions", json=chat()).status_code == 200
+    assert (
+        client.post("/openai/v1/chat/completions", json=chat(), headers=bearer("unknown")).status_code == 200
+    )
+    first = client.post("/openai/v1/chat/completions", json=chat(), headers=bearer("limited-key"))
+    assert first.status_code == 200 and first.headers["x-ratelimit-limit-requests"] == "1"
+    assert (
+        client.post("/openai/v1/chat/completions", json=chat(), headers=bearer("limited-key")).status_code
+        == 429
+    )

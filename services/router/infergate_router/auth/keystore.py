@@ -172,13 +172,13 @@ class KeyStore:
         static: list[str],
         file: KeysFile | None,
         admin: AdminKeys | None,
-        required: bool,
+        required: bool | None,
     ) -> None:
         self.static = _index(static_records(static))
         self.file = file
         self.admin = admin
-        # Keys are required when asked for, or when keys are given at start.
-        self.required = required or bool(static) or file is not None
+        # As asked; unsaid, keys are required when some are given at start.
+        self.required = required if required is not None else bool(static) or file is not None
 
     def invalidate(self) -> None:
         if self.admin is not None:
