@@ -25,7 +25,10 @@ MAX_LINE_BYTES = 4096
 
 @pytest.fixture(scope="module")
 def batch_worker(stack: Stack) -> Iterator[Process]:
-    worker = start_batch_worker(stack, env={"INFERGATE_BATCH_MAX_LINE_BYTES": str(MAX_LINE_BYTES)})
+    # One pool process: chunks of 4 lines run in queue order, so the first lines
+    # of a batch finish first however slow the machine is (the expiry test).
+    env = {"INFERGATE_BATCH_MAX_LINE_BYTES": str(MAX_LINE_BYTES), "INFERGATE_BATCH_CHUNK_LINES": "4"}
+    worker = start_batch_worker(stack, env=env, concurrency=1)
     yield worker
     stop_all([worker])
 
@@ -230,10 +233,13 @@ def test_cancel_keeps_partial_output(client: OpenAI, tiny_llm: Worker, batch_wor
 
 def test_expired_batch_keeps_partial_output(client: OpenAI, tiny_llm: Worker, batch_worker: Process) -> None:
     lines = slow_chat_lines(60)
+    # The first chunk answers one token per line: some output exists whatever the machine's speed.
+    for line in lines[:4]:
+        line["body"] = {**line["body"], "max_tokens": 1}
     batch = client.batches.create(
         input_file_id=upload(client, lines),
         endpoint="/v1/chat/completions",
-        completion_window="3s",  # type: ignore[arg-type]
+        completion_window="6s",  # type: ignore[arg-type]
     )
     done = wait_batch(client, batch.id, 60)
     assert done.status == "expired", done

@@ -161,6 +161,7 @@ def test_a_dead_holder_frees_its_slot_when_the_lease_ends(client: redis.Redis) -
     while not alive.try_acquire(one, "next"):
         assert time.monotonic() < deadline, "the dead holder's slot was never freed"
         time.sleep(0.05)
+    alive.release(one, "next")
 
 
 def test_a_held_slot_outlives_its_lease(client: redis.Redis) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from openai import OpenAI
 
-from .processes import Process
+from .processes import Process, stop_all
 from .stack import Stack
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -36,9 +36,13 @@ def start_batch_worker(
             **(env or {}),
         },
     )  # fmt: skip
-    process.wait_until(
-        lambda: "batch worker ready" in process.log_tail(200_000), timeout_s, "consuming batches"
-    )
+    try:
+        process.wait_until(
+            lambda: "batch worker ready" in process.log_tail(200_000), timeout_s, "consuming batches"
+        )
+    except BaseException:
+        stop_all([process])
+        raise
     return process
 
 

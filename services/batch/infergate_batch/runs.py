@@ -276,15 +276,21 @@ def _write_results(
     return completed, failed
 
 
-def _end_status(record: BatchRecord, chunks_done: int) -> BatchStatus | None:
+def _end_status(record: BatchRecord, chunks_done: int, lines_done: int) -> BatchStatus | None:
     """The status a finalize ends in now, or None when the batch is not
     ready: a cancelled batch waits for its running lines (its pending ones
-    are skipped fast), an expired one does not."""
+    are skipped fast), an expired one does not. Chunks that skipped their
+    lines because the window ended do not make a batch completed."""
     batch = record.batch
     cancelling = batch.status == BatchStatus.CANCELLING
+    past_window = record.expire or (batch.expires_at is not None and time.time() >= batch.expires_at)
     if record.chunks and chunks_done >= record.chunks:
-        return BatchStatus.CANCELLED if cancelling else BatchStatus.COMPLETED
-    if record.expire or (batch.expires_at is not None and time.time() >= batch.expires_at):
+        if cancelling:
+            return BatchStatus.CANCELLED
+        if past_window and lines_done < batch.request_counts.total:
+            return BatchStatus.EXPIRED
+        return BatchStatus.COMPLETED
+    if past_window:
         return BatchStatus.CANCELLED if cancelling else BatchStatus.EXPIRED
     return None
 
@@ -297,7 +303,7 @@ def finalize(parts: BatchParts, batch_id: str) -> None:
         record = store.get_batch(batch_id)
         if record.batch.status.terminal:
             return
-        end = _end_status(record, store.chunks_done(batch_id))
+        end = _end_status(record, store.chunks_done(batch_id), sum(store.counts(batch_id)))
         if end is None:
             return
         if end == BatchStatus.COMPLETED:

@@ -15,6 +15,7 @@ import logging
 import threading
 from typing import Any
 
+import redis
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
@@ -42,17 +43,27 @@ def parts() -> runs.BatchParts:
         return _parts
 
 
-@app.task(name=queue.START, bind=True)
+# A task that fails on a transient error (Redis, the storage) is sent again
+# with backoff rather than dropped: its batch would never finish otherwise.
+RETRY: dict[str, Any] = {
+    "autoretry_for": (redis.RedisError, OSError),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": 30,
+}
+
+
+@app.task(name=queue.START, bind=True, **RETRY)
 def start(self: Task, batch_id: str) -> None:
     runs.start(parts(), batch_id)
 
 
-@app.task(name=queue.RUN_CHUNK, bind=True)
+@app.task(name=queue.RUN_CHUNK, bind=True, **RETRY)
 def run_chunk(self: Task, batch_id: str, chunk: dict[str, Any]) -> None:
     runs.run_chunk(parts(), batch_id, Chunk.model_validate(chunk))
 
 
-@app.task(name=queue.FINALIZE, bind=True)
+@app.task(name=queue.FINALIZE, bind=True, **RETRY)
 def finalize(self: Task, batch_id: str) -> None:
     runs.finalize(parts(), batch_id)
 
