@@ -15,6 +15,10 @@ import requests
 from infergate_common.errors import ModelNotFound, ServiceUnavailable, from_payload
 from infergate_common.registry_api import ModelList, ModelRecord
 
+# Host names whose model lists are kept per fetched list (clients choose the
+# Host header, so the cache is bounded).
+MAX_CACHED_HOSTS = 256
+
 
 def normalise_host(host: str | None) -> str:
     """``Example.COM:8080`` -> ``example.com`` (IPv6 literals keep their brackets)."""
@@ -37,6 +41,8 @@ class ModelDirectory:
         self._models: list[ModelRecord] | None = None
         self._fetched_at = 0.0
         self._generation = 0
+        # reachable() per host, for the model list it was computed from.
+        self._by_host: tuple[list[ModelRecord], dict[str, list[ModelRecord]]] | None = None
 
     def invalidate(self) -> None:
         with self._lock:
@@ -85,10 +91,16 @@ class ModelDirectory:
         include it, else every model not restricted to its own host names."""
         models = self.models()
         wanted = normalise_host(host)
-        own = [model for model in models if wanted in model.host_names()]
-        if own:
-            return own
-        return [model for model in models if not model.restricted]
+        cache = self._by_host
+        if cache is None or cache[0] is not models:
+            cache = self._by_host = (models, {})
+        found = cache[1].get(wanted)
+        if found is None:
+            own = [model for model in models if wanted in model.host_names()]
+            found = own or [model for model in models if not model.restricted]
+            if len(cache[1]) < MAX_CACHED_HOSTS:
+                cache[1][wanted] = found
+        return found
 
     def resolve(self, host: str | None, name: str) -> ModelRecord:
         """The model ``name`` (or one of its aliases) as seen from ``host``."""
