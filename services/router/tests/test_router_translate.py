@@ -4,11 +4,22 @@ the finish reasons OpenAI lacks."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 from infergate_common.streams import DeltaEvent, DoneEvent
 from infergate_common.worker_api import GenerateChoice, GenerateResponse, TokenLogprob, TopLogprob, Usage
 from infergate_router.protocols.openai.streaming import ChatStream, CompletionStream
 from infergate_router.protocols.openai.translate import chat_completion, completion, finish_reason
+from infergate_router.sse import SseEvent
 from infergate_router.stream_reader import Entry
+
+
+def payload(event: SseEvent) -> Any:
+    """An event's JSON (chunks are rendered to bytes from templates)."""
+    return orjson.loads(event.data) if isinstance(event.data, bytes) else event.data
+
 
 TOKENS = [
     TokenLogprob(token="Hi", logprob=None, text_offset=0),
@@ -76,14 +87,14 @@ def test_streamed_logprobs_and_finish_from_done() -> None:
         )
     )
     assert events[0].id == "1-0"
-    assert events[0].data["choices"][0]["logprobs"]["tokens"] == [" there"]
-    assert events[0].data["choices"][0]["finish_reason"] is None
+    assert payload(events[0])["choices"][0]["logprobs"]["tokens"] == [" there"]
+    assert payload(events[0])["choices"][0]["finish_reason"] is None
     # Choice 0 never sent a final delta: the done entry closes it, choice 1 too.
     done = DoneEvent(
         finish_reasons={"0": "abort", "1": "length"}, usage=Usage(prompt_tokens=1, total_tokens=1)
     )
     closing = list(stream.done(0, _entry(done, "2-0"), done))
-    assert [(c["index"], c["finish_reason"]) for c in closing[0].data["choices"]] == [
+    assert [(c["index"], c["finish_reason"]) for c in payload(closing[0])["choices"]] == [
         (0, "stop"),
         (1, "length"),
     ]
@@ -94,7 +105,7 @@ def test_chat_stream_role_once_per_choice_and_empty_final_delta() -> None:
     first = DeltaEvent(index=0, text="a", tokens=1)
     other = DeltaEvent(index=1, text="b", tokens=1)
     last = DeltaEvent(index=0, text="", tokens=0, finish_reason="stop")
-    chunks = [e.data for ev in (first, other, last) for e in stream.delta(0, _entry(ev), ev)]
+    chunks = [payload(e) for ev in (first, other, last) for e in stream.delta(0, _entry(ev), ev)]
     assert [c["choices"][0]["delta"] for c in chunks] == [
         {"role": "assistant", "content": "a"},
         {"role": "assistant", "content": "b"},
