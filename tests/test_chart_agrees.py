@@ -184,6 +184,9 @@ class ClusterOnLoopback:
             local = pod.local_port(own)
             text = re.sub(rf"^(0\.0\.0\.0|{re.escape(POD_IP)}):{own}$", rf"\g<1>:{local}", text)
             text = re.sub(rf"://{re.escape(POD_IP)}:{own}\b", f"://{POD_IP}:{local}", text)
+        for own, local in pod.other_ports.items():
+            # A port given alone (INFERGATE_HEALTH_PORT).
+            text = re.sub(rf"^{own}$", str(local), text)
         return text
 
     def _lookup(self, kind: str, name: str, key: str) -> str:
