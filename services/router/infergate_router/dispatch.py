@@ -62,7 +62,9 @@ class StreamGroup:
             stream_ = self.streams.get(entry.key)
             if stream_ is None:
                 continue
-            if is_final(entry.event):
+            # An error the router made (``local``) did not end the worker's
+            # generation: the stream stays unfinished, so close() cancels it.
+            if is_final(entry.event) and not entry.local:
                 stream_.finished = True
                 self._release(stream_)
             yield stream_.position, entry

@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from infergate_common.errors import InvalidRequest, ServiceUnavailable
+from infergate_common.stream_writer import StreamOutbox, stream_client
 from infergate_common.worker_api import GenerateRequest, GenerateResponse, Task
 
 from ..base_engine import HFEngine
@@ -18,7 +19,7 @@ from .prompts import eos_token_ids, prepare_prompt
 from .runners import runner_for
 from .scheduler import Scheduler
 from .sequence import ChoiceState, Job
-from .sinks import Sink, StreamOutbox, StreamSink
+from .sinks import Sink, StreamSink
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,11 @@ class GenerationEngine(HFEngine):
     def start(self, loaded: LoadedModel) -> None:
         self.texts = TokenTexts(loaded.tokenizer)
         self.eos_ids = eos_token_ids(loaded)
-        self.outbox = StreamOutbox(self.redis, self.settings.stream_prefix)
+        self.outbox = StreamOutbox(
+            stream_client(self.settings.redis_url),
+            self.settings.stream_prefix,
+            on_failure=self._stream_failed,
+        )
         self.scheduler = Scheduler(
             runner_for(loaded),
             self.texts,
@@ -88,7 +93,7 @@ class GenerationEngine(HFEngine):
             if sink is None:
                 if self.outbox is None:
                     raise ServiceUnavailable("the generation engine is not running")
-                sink = self.outbox.open(request.request_id)
+                sink = StreamSink(self.outbox.open(request.request_id))
             job = Job(prompt=prompt, sink=sink)
             job.choices = [
                 ChoiceState(job, index, loaded.tokenizer, texts) for index in range(prompt.params.n)
@@ -100,7 +105,7 @@ class GenerationEngine(HFEngine):
         except Exception:
             self._forget(job)
             if isinstance(sink, StreamSink):
-                sink.outbox.release(sink)
+                sink.discard()
             raise
         return job
 
@@ -123,6 +128,11 @@ class GenerationEngine(HFEngine):
 
     def start_stream(self, request: GenerateRequest) -> None:
         self._submit(request)
+
+    def _stream_failed(self, request_id: str) -> None:
+        """Redis refused the request's stream: nobody can read the rest."""
+        log.error("token stream lost; cancelling the generation", extra={"request_id": request_id})
+        self.cancel(request_id)
 
     def cancel(self, request_id: str) -> bool:
         with self._jobs_lock:
