@@ -14,3 +14,6 @@ class RegistrySettings(BaseModel):
     # How often expired replicas are swept out and announced; 0 turns the sweeper off
     # (listings still hide expired replicas, they are only not announced).
     reap_interval_s: float = Field(0.5, ge=0)
+    # INFERGATE_MODEL_EXPIRY_S: a model whose replicas have all been gone this long
+    # is removed (0 keeps it forever); needs the sweeper (reap_interval_s > 0).
+    model_expiry_s: float = Field(600.0, ge=0)
