@@ -34,7 +34,8 @@ def _delta(seq: int, text: str, finish: str | None = None) -> DeltaEvent:
 
 
 def _done(deltas: int) -> DoneEvent:
-    return DoneEvent(deltas=deltas, finish_reasons={"0": "stop"}, usage=Usage(prompt_tokens=1, total_tokens=1))
+    usage = Usage(prompt_tokens=1, total_tokens=1)
+    return DoneEvent(deltas=deltas, finish_reasons={"0": "stop"}, usage=usage)
 
 
 def _write(stack: Stack, entries: list[StreamEvent]) -> tuple[str, list[str]]:
@@ -61,7 +62,8 @@ def _read(router: str, request_id: str, last_id: str | None = None) -> list[tupl
 
 
 def _texts(received: list[tuple[str | None, Any]]) -> list[str]:
-    return [data["choices"][0]["text"] for _, data in received if isinstance(data, dict) and "choices" in data]
+    chunks = [data for _, data in received if isinstance(data, dict) and "choices" in data]
+    return [chunk["choices"][0]["text"] for chunk in chunks]
 
 
 def test_a_whole_stream_ends_with_done(router: str, stack: Stack) -> None:
