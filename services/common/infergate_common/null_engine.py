@@ -19,6 +19,9 @@ Two options serve the relay benchmark; both are off by default:
   per step, in one Redis pipeline, as a batching engine emits one token per
   running sequence per forward pass (instead of one thread per stream).
 
+* ``--tag_tokens``: each streamed token reads ``<request id>:tok<i> ``, so a
+  client can tell a token of another stream from its own.
+
 Either way the entries go through the shared
 :class:`~infergate_common.stream_writer.StreamOutbox`, as worker-hf's do, and
 the tokens are numbered, so a client can check that none was lost,
@@ -69,6 +72,7 @@ class NullEngine(Engine):
         max_model_len: int = 4096,
         dimensions: int = 8,
         stamp_tokens: bool = False,
+        tag_tokens: bool = False,
         step_streams: bool = False,
     ) -> None:
         self.name = name
@@ -80,6 +84,7 @@ class NullEngine(Engine):
         self.max_model_len = max_model_len
         self.dimensions = dimensions
         self.stamp_tokens = stamp_tokens
+        self.tag_tokens = tag_tokens
         self.step_streams = step_streams
         self.cancelled: set[str] = set()
         self.lock = threading.Lock()
@@ -143,8 +148,9 @@ class NullEngine(Engine):
             ),
         )
 
-    def _token_text(self, i: int) -> str:
-        return f"tok{i}@{_STAMP_MARK} " if self.stamp_tokens else f"tok{i} "
+    def _token_text(self, i: int, request_id: str) -> str:
+        text = f"tok{i}@{_STAMP_MARK} " if self.stamp_tokens else f"tok{i} "
+        return f"{request_id}:{text}" if self.tag_tokens else text
 
     def start_stream(self, request: GenerateRequest) -> None:
         if self.step_streams:
@@ -195,7 +201,7 @@ class NullEngine(Engine):
                 return
             for choice in range(n):
                 final = reason if i == count - 1 else None
-                stream.delta(choice, self._token_text(i), 1, finish_reason=final)  # type: ignore[arg-type]
+                stream.delta(choice, self._token_text(i, request.request_id), 1, finish_reason=final)  # type: ignore[arg-type]
             self.outbox.flush()
             if self.interval:
                 time.sleep(self.interval)
@@ -277,7 +283,7 @@ class _SteppedStream:
         self.next += 1
         for choice in range(n):
             last = self.reason if i == self.count - 1 else None
-            self.stream.delta(choice, engine._token_text(i), 1, finish_reason=last)  # type: ignore[arg-type]
+            self.stream.delta(choice, engine._token_text(i, self.request.request_id), 1, finish_reason=last)  # type: ignore[arg-type]
         if self.next < self.count:
             return False
         reasons: dict[int, FinishReason] = {c: self.reason for c in range(n)}  # type: ignore[misc]
@@ -303,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write one token of every open stream per step in one Redis pipeline",
     )
+    parser.add_argument(
+        "--tag_tokens",
+        action="store_true",
+        help="put the request id in each streamed token: <request id>:tok<i>",
+    )
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--registry_url")
@@ -324,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         stream_client(settings.redis_url),
         settings.stream_prefix,
         stamp_tokens=args.stamp_tokens,
+        tag_tokens=args.tag_tokens,
         step_streams=args.step_streams,
     )
     return run_worker(engine, settings)

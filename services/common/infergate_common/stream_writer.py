@@ -63,6 +63,9 @@ OnFailure = Callable[[str], object]
 class WriteRetry:
     """How a failed batch is retried: ``attempts`` tries in all, sleeping
     ``first_delay_s``, then twice as long each time, at most ``max_delay_s``.
+    Once Redis has been failing for longer than those sleeps add up to
+    (:meth:`budget_s`), a batch gets a single try: a long outage fails the
+    streams it holds up instead of stalling the writer batch after batch.
     The defaults give up within about a second when Redis refuses
     connections, well inside the router's heartbeat deadline."""
 
@@ -76,6 +79,9 @@ class WriteRetry:
             out.append(delay)
             delay = min(delay * 2, self.max_delay_s)
         return out
+
+    def budget_s(self) -> float:
+        return sum(self.delays())
 
 
 def stream_client(redis_url: str, timeout_s: float = WRITE_TIMEOUT_S) -> Any:
@@ -200,6 +206,8 @@ class _Outbox:
         # Failed streams' keys -> (their error entry, give up after this monotonic time).
         self._owed: dict[str, tuple[OpenStream, ErrorEvent, float]] = {}
         self.failed_batches = 0
+        # When the current run of failed writes began (None: the last one succeeded).
+        self._failing_since: float | None = None
 
     # -------------------------------------------------------- engine side
 
@@ -256,9 +264,19 @@ class _Outbox:
         return list(expiring.values())
 
     def _sent(self, expiring: list[OpenStream]) -> None:
+        self._failing_since = None
         due = time.monotonic() + self.ttl_s / 2
         for stream in expiring:
             stream.expire_due = due
+
+    def _retry_after(self, delays: list[float]) -> float | None:
+        """After a failed try: how long to sleep before the next, or None to give up."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if not delays or now - self._failing_since > self.retry.budget_s():
+            return None
+        return delays.pop(0)
 
     def _live(self, batch: list[Entry]) -> list[Entry]:
         return [(stream, event) for stream, event in batch if not stream.failed]
@@ -395,13 +413,14 @@ class StreamOutbox(_Outbox):
             try:
                 pipe.execute()
             except Exception as exc:
-                if not delays:
+                delay = self._retry_after(delays)
+                if delay is None:
                     self._give_up(batch, exc)
                     return
                 log.warning(
                     "writing %d stream entries failed (%s); retrying", len(batch), describe_failure(exc)
                 )
-                time.sleep(delays.pop(0))
+                time.sleep(delay)
                 continue
             self._sent(expiring)
             return
@@ -493,13 +512,14 @@ class AsyncStreamOutbox(_Outbox):
             try:
                 await pipe.execute()
             except Exception as exc:
-                if not delays:
+                delay = self._retry_after(delays)
+                if delay is None:
                     self._give_up(batch, exc)
                     return
                 log.warning(
                     "writing %d stream entries failed (%s); retrying", len(batch), describe_failure(exc)
                 )
-                await asyncio.sleep(delays.pop(0))
+                await asyncio.sleep(delay)
                 continue
             self._sent(expiring)
             return
