@@ -40,7 +40,7 @@ from .errors import InvalidRequest
 from .logs import configure_logging
 from .settings import load_settings
 from .stream_writer import OpenStream, StreamOutbox, stream_client
-from .streams import StreamEvent, encode_event
+from .streams import DEFAULT_TTL_S, StreamEvent, encode_event
 from .worker_api import (
     Backend,
     DetokenizeRequest,
@@ -74,6 +74,7 @@ class NullEngine(Engine):
         stamp_tokens: bool = False,
         tag_tokens: bool = False,
         step_streams: bool = False,
+        stream_ttl_s: int = DEFAULT_TTL_S,
     ) -> None:
         self.name = name
         self.task = task
@@ -93,7 +94,7 @@ class NullEngine(Engine):
         self._wakeup = threading.Event()
         self._stepper: threading.Thread | None = None
         outbox_class = _StampingOutbox if stamp_tokens else StreamOutbox
-        self.outbox = outbox_class(redis_client, stream_prefix, on_failure=self.cancel)
+        self.outbox = outbox_class(redis_client, stream_prefix, on_failure=self.cancel, ttl_s=stream_ttl_s)
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -314,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="put the request id in each streamed token: <request id>:tok<i>",
     )
+    parser.add_argument(
+        "--stream_ttl_s",
+        type=int,
+        default=DEFAULT_TTL_S,
+        help="how long a stream's key outlives its last entry (a soak keeps Redis small with a short one)",
+    )
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--registry_url")
@@ -336,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.stream_prefix,
         stamp_tokens=args.stamp_tokens,
         tag_tokens=args.tag_tokens,
+        stream_ttl_s=args.stream_ttl_s,
         step_streams=args.step_streams,
     )
     return run_worker(engine, settings)

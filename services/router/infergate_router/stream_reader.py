@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 WAKE_TTL_S = 600
 # Longer than the workers' stream expiry (streams.DEFAULT_TTL_S).
 NOTE_TTL_S = 900
-COMMAND_CONNECTIONS = 32
+# Connections for subscribing and resuming (one short round trip each); a
+# burst of new streams on a busy process waits for one, never fails at once.
+COMMAND_CONNECTIONS = 128
 READ_COUNT = 512
 
 
@@ -110,6 +112,9 @@ def _text(value: bytes | str) -> str:
 def _unavailable(exc: BaseException) -> ServiceUnavailable:
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         return ServiceUnavailable("token stream store (Redis) is full (maxmemory reached)")
+    if isinstance(exc, redis.exceptions.ConnectionError) and isinstance(exc.__context__, queue.Empty):
+        # The blocking pool found no free connection in time.
+        return ServiceUnavailable("token stream store (Redis) busy: every connection of this router in use")
     return ServiceUnavailable(f"token stream store (Redis) unreachable: {type(exc).__name__}")
 
 
