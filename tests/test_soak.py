@@ -1,6 +1,7 @@
 """Soak (the platform's fault test 7): ``INFERGATE_SOAK_STREAMS`` (500)
 streams open at once, for ``INFERGATE_SOAK_S`` seconds (60 in ``make test``;
-run it by hand for longer, e.g. ``INFERGATE_SOAK_S=600``), through the real
+run it by hand for longer, e.g. ``INFERGATE_SOAK_S=600 .venv/bin/python -m
+pytest -s tests/test_soak.py``), through the real
 router under gunicorn+gevent, from benchmark-engine workers that tag every
 token with its request id.
 
@@ -36,6 +37,10 @@ STREAMS = int(os.environ.get("INFERGATE_SOAK_STREAMS", "500"))
 TOKENS = 10
 INTERVAL_MS = 1000  # 10 s a stream: about 500 tokens/s and 50 new streams/s in all
 STREAM_TTL_S = 5
+# The router's heartbeat deadline here: the soak checks integrity and memory,
+# not how fast a dead worker is noticed, and a machine shared by other jobs can
+# starve a process for longer than the 2 s of the other test stacks.
+DEADLINE_S = float(os.environ.get("INFERGATE_SOAK_DEADLINE_S", "10"))
 TOKEN = re.compile(r"(\S+):tok(\d+) ")
 
 
@@ -142,13 +147,13 @@ async def _soak(stack: Stack, samples: list[dict[str, Any]]) -> Tally:
 
 @pytest.fixture
 def soak_stack(tmp_path: Path) -> Iterator[Stack]:
-    own = _open_stack(tmp_path / "stack", router_env={"INFERGATE_HEARTBEAT_DEADLINE_S": os.environ.get("INFERGATE_SOAK_DEADLINE_S", "10")})
+    own = _open_stack(tmp_path / "stack", router_env={"INFERGATE_HEARTBEAT_DEADLINE_S": str(DEADLINE_S)})
     yield own
     _close_stack(own)
 
 
 @pytest.mark.slow
-def test_soak_concurrent_streams_lose_nothing_and_memory_stays_flat(soak_stack: Stack, tmp_path: Path) -> None:
+def test_soak_streams_lose_nothing_and_memory_stays_flat(soak_stack: Stack, tmp_path: Path) -> None:
     stack = soak_stack
     for _ in range(2):
         stack.null_worker(
