@@ -269,12 +269,12 @@ class _Outbox:
         for stream in expiring:
             stream.expire_due = due
 
-    def _retry_after(self, delays: list[float]) -> float | None:
-        """After a failed try: how long to sleep before the next, or None to give up."""
-        now = time.monotonic()
+    def _retry_after(self, delays: list[float], tried_at: float) -> float | None:
+        """After a try begun at ``tried_at`` failed: how long to sleep before
+        the next, or None to give up."""
         if self._failing_since is None:
-            self._failing_since = now
-        if not delays or now - self._failing_since > self.retry.budget_s():
+            self._failing_since = tried_at
+        if not delays or time.monotonic() - self._failing_since > self.retry.budget_s():
             return None
         return delays.pop(0)
 
@@ -410,10 +410,11 @@ class StreamOutbox(_Outbox):
                 return
             pipe = self.redis.pipeline(transaction=True)
             expiring = self._queue_batch(pipe, batch)
+            tried_at = time.monotonic()
             try:
                 pipe.execute()
             except Exception as exc:
-                delay = self._retry_after(delays)
+                delay = self._retry_after(delays, tried_at)
                 if delay is None:
                     self._give_up(batch, exc)
                     return
@@ -499,7 +500,8 @@ class AsyncStreamOutbox(_Outbox):
                 await self._write(batch)
             if self._owed:
                 await self._write_owed()
-            self._idle.set()
+            if not self._pending:
+                self._idle.set()
 
     async def _write(self, batch: list[Entry]) -> None:
         delays = self.retry.delays()
@@ -509,10 +511,11 @@ class AsyncStreamOutbox(_Outbox):
                 return
             pipe = self.redis.pipeline(transaction=True)
             expiring = self._queue_batch(pipe, batch)
+            tried_at = time.monotonic()
             try:
                 await pipe.execute()
             except Exception as exc:
-                delay = self._retry_after(delays)
+                delay = self._retry_after(delays, tried_at)
                 if delay is None:
                     self._give_up(batch, exc)
                     return

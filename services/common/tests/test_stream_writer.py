@@ -205,3 +205,33 @@ def test_async_flavour_numbers_retries_and_gives_up(redis_url: str) -> None:
     assert isinstance(good[-1], DoneEvent) and good[-1].deltas == 3
     bad = entries(admin, stream_key("sw5", "bad"))
     assert len(bad) == 1 and isinstance(bad[0], ErrorEvent) and "Redis is full" in bad[0].message
+
+
+def test_a_paused_redis_fails_the_stream_within_the_budget(redis_url: str) -> None:
+    """Writes that hang (``CLIENT PAUSE``) time out and count as failures: the
+    writer gives up about one write timeout after the first try began, not
+    one timeout per retry."""
+    admin = redis.Redis.from_url(redis_url)
+    failed: list[str] = []
+    outbox = StreamOutbox(
+        stream_client(redis_url, timeout_s=0.3), "sw6", on_failure=failed.append, heartbeat_interval_s=None
+    )
+    key = stream_key("sw6", "r1")
+    try:
+        stream = outbox.open("r1")
+        admin.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+        started = time.monotonic()
+        try:
+            stream.delta(0, "held", 1)
+            outbox.flush()
+            wait_for(lambda: failed == ["r1"], what="the give-up")
+            gave_up_after = time.monotonic() - started
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        assert gave_up_after < 2.0, gave_up_after
+        wait_for(lambda: outbox.owed_count() == 0, what="the owed error entry")
+        written = entries(admin, key)
+        assert isinstance(written[-1], ErrorEvent)
+        assert "Redis unreachable (TimeoutError)" in written[-1].message
+    finally:
+        outbox.close()
