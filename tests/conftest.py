@@ -45,8 +45,14 @@ LEAK_WATCH = leaks.install()
 _STACKS: list[Stack] = []
 
 
-def _open_stack(workdir: Path, prefix: str = "infergate", router_workers: int = 2) -> Stack:
-    stack = Stack(workdir, prefix=prefix, router_env=ROUTER_ENV, router_workers=router_workers)
+def _open_stack(
+    workdir: Path,
+    prefix: str = "infergate",
+    router_workers: int = 2,
+    router_env: Mapping[str, str] | None = None,
+) -> Stack:
+    env = {**ROUTER_ENV, **(router_env or {})}
+    stack = Stack(workdir, prefix=prefix, router_env=env, router_workers=router_workers)
     _STACKS.append(stack)
     return stack.start()
 

@@ -361,6 +361,36 @@ def engine_core_pids(worker_pid: int) -> list[int]:
     return found
 
 
+def test_redis_refusing_writes_mid_stream_aborts_the_generation(stack: Stack, vllm_llama: Worker) -> None:
+    """The asyncio flavour of the stream writer: Redis full mid-stream, the
+    writer gives up, the request is aborted in vLLM, and the client gets an
+    error event (never [DONE]); deltas numbered 0, 1, 2, ... until then."""
+    request_id = f"full-{uuid.uuid4().hex}"
+    body = {
+        "request_id": request_id, "prompt": "hello", "stream": True,
+        "params": {"max_tokens": MAX_MODEL_LEN - 8, "ignore_eos": True},
+    }  # fmt: skip
+    accepted = requests.post(f"{vllm_llama.url}/generate", json=body, timeout=10)
+    assert accepted.status_code == 202
+    key = accepted.json()["stream_key"]
+    redis = stack.redis.client()
+    wait_for(lambda: redis.xlen(key) >= 3, 30, "streaming")
+    deltas = [fields for _, fields in redis.xrange(key) if fields["event"] == "delta"]
+    seqs = [json.loads(fields["data"])["seq"] for fields in deltas]
+    assert seqs == list(range(len(seqs))) and seqs
+    redis.config_set("maxmemory-policy", "noeviction")
+    redis.config_set("maxmemory", "1")
+    try:
+        wait_for(lambda: unfinished_requests(vllm_llama) == 0, 30, "aborted in the engine")
+    finally:
+        redis.config_set("maxmemory", "0")
+    # Once Redis takes writes again, the stream is trimmed to its error entry.
+    wait_for(lambda: [f["event"] for _, f in redis.xrange(key)] == ["error"], 10, "the error entry written")
+    ((_, last),) = redis.xrevrange(key, count=1)
+    error = json.loads(last["data"])
+    assert error["status"] == 503 and "Redis is full" in error["message"]
+
+
 def test_engine_killed_mid_stream_ends_the_stream_with_an_error(stack: Stack, vllm_llama: Worker) -> None:
     (core,) = engine_core_pids(vllm_llama.process.pid)
     body = {

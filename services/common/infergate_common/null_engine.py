@@ -11,8 +11,8 @@ users: its backend is ``null`` and its text is ``tok0 tok1 ...``.
 Two options serve the relay benchmark; both are off by default:
 
 * ``--stamp_tokens``: each streamed token reads ``tok<i>@<ns> `` where
-  ``<ns>`` is ``time.monotonic_ns()`` taken just before the entry is written
-  to Redis. ``CLOCK_MONOTONIC`` is one clock for every process on the host,
+  ``<ns>`` is ``time.monotonic_ns()`` taken as the entry is added to the
+  Redis pipeline that sends it. ``CLOCK_MONOTONIC`` is one clock for every process on the host,
   so a client on the same machine subtracts it from its receipt time to get
   the relay latency of that token.
 * ``--step_streams``: one loop writes the next token of every open stream
@@ -27,6 +27,14 @@ And the routing benchmark:
   (:mod:`infergate_common.null_prefix_cache`).
 * ``--stats_file PATH``: requests in flight (now and integrated over time)
   and the prefix cache's counts, rewritten as JSON every 200 ms.
+
+* ``--tag_tokens``: each streamed token reads ``<request id>:tok<i> ``, so a
+  client can tell a token of another stream from its own.
+
+Either way the entries go through the shared
+:class:`~infergate_common.stream_writer.StreamOutbox`, as worker-hf's do, and
+the tokens are numbered, so a client can check that none was lost,
+repeated or taken from another stream.
 """
 
 from __future__ import annotations
@@ -39,23 +47,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from .engine import Engine
 from .errors import InvalidRequest
 from .logs import configure_logging
 from .null_prefix_cache import LoadMeter, PrefixCacheModel
 from .settings import load_settings
-from .streams import (
-    DEFAULT_MAXLEN,
-    HEARTBEAT_INTERVAL_S,
-    DeltaEvent,
-    DoneEvent,
-    HeartbeatEvent,
-    StreamEvent,
-    StreamWriter,
-    encode_event,
-)
+from .stream_writer import OpenStream, StreamOutbox, stream_client
+from .streams import DEFAULT_TTL_S, StreamEvent, encode_event
 from .worker_api import (
     Backend,
     DetokenizeRequest,
@@ -87,9 +85,11 @@ class NullEngine(Engine):
         max_model_len: int = 4096,
         dimensions: int = 8,
         stamp_tokens: bool = False,
+        tag_tokens: bool = False,
         step_streams: bool = False,
         prefix_cache: PrefixCacheModel | None = None,
         stats_file: Path | None = None,
+        stream_ttl_s: int = DEFAULT_TTL_S,
     ) -> None:
         self.name = name
         self.task = task
@@ -100,6 +100,7 @@ class NullEngine(Engine):
         self.max_model_len = max_model_len
         self.dimensions = dimensions
         self.stamp_tokens = stamp_tokens
+        self.tag_tokens = tag_tokens
         self.step_streams = step_streams
         self.cancelled: set[str] = set()
         self.lock = threading.Lock()
@@ -109,6 +110,8 @@ class NullEngine(Engine):
         self._open: set[str] = set()
         self._wakeup = threading.Event()
         self._stepper: threading.Thread | None = None
+        outbox_class = _StampingOutbox if stamp_tokens else StreamOutbox
+        self.outbox = outbox_class(redis_client, stream_prefix, on_failure=self.cancel, ttl_s=stream_ttl_s)
         self.prefix_cache = prefix_cache
         self.load_meter = LoadMeter()
         self.stats_file = stats_file
@@ -199,10 +202,9 @@ class NullEngine(Engine):
             ),
         )
 
-    def _token_text(self, i: int) -> str:
-        if self.stamp_tokens:
-            return f"tok{i}@{time.monotonic_ns()} "
-        return f"tok{i} "
+    def _token_text(self, i: int, request_id: str) -> str:
+        text = f"tok{i}@{_STAMP_MARK} " if self.stamp_tokens else f"tok{i} "
+        return f"{request_id}:{text}" if self.tag_tokens else text
 
     def active_streams(self) -> list[str]:
         with self.lock:
@@ -222,9 +224,7 @@ class NullEngine(Engine):
 
     def _admit(self, request: GenerateRequest) -> None:
         count, reason = self._count(request)
-        stream = _SteppedStream(
-            request, StreamWriter(self.redis, request.request_id, self.prefix), count, reason
-        )
+        stream = _SteppedStream(request, self.outbox.open(request.request_id), count, reason)
         with self.lock:
             self._running.append(stream)
             if self._stepper is None:
@@ -233,8 +233,8 @@ class NullEngine(Engine):
         self._wakeup.set()
 
     def _step_loop(self) -> None:
-        """Write one token of every running stream per step, in one pipeline."""
-        last_beat = time.monotonic()
+        """Queue one token of every running stream per step, then hand the
+        step to the outbox: one pipeline for the step."""
         while True:
             self._wakeup.wait()
             with self.lock:
@@ -242,15 +242,8 @@ class NullEngine(Engine):
                 if not running:
                     self._wakeup.clear()
                     continue
-            writes: list[tuple[str, dict[str, str]]] = []
-            finished = []
-            beat = time.monotonic() - last_beat > HEARTBEAT_INTERVAL_S
-            for stream in running:
-                if stream.step(writes, self, beat):
-                    finished.append(stream)
-            if beat:
-                last_beat = time.monotonic()
-            self._write(writes, [stream.writer for stream in finished])
+            finished = [stream for stream in running if stream.step(self)]
+            self.outbox.flush()
             if finished:
                 with self.lock:
                     for stream in finished:
@@ -259,18 +252,6 @@ class NullEngine(Engine):
                         self._open.discard(stream.request.request_id)
             if self.interval:
                 time.sleep(self.interval)
-
-    def _write(self, writes: list[tuple[str, dict[str, str]]], closing: list[StreamWriter]) -> None:
-        """One pipeline for the step; stamps are taken just before it is sent."""
-        pipe = self.redis.pipeline(transaction=False)
-        stamp = str(time.monotonic_ns())
-        for key, fields in writes:
-            if self.stamp_tokens:
-                fields["data"] = fields["data"].replace(_STAMP_MARK, stamp)
-            pipe.xadd(key, fields, maxlen=DEFAULT_MAXLEN, approximate=True)
-        for writer in closing:
-            pipe.expire(writer.key, writer.ttl_s)
-        pipe.execute()
 
     def _stream(self, request: GenerateRequest) -> None:
         self.load_meter.enter()
@@ -284,33 +265,33 @@ class NullEngine(Engine):
                 self.cancelled.discard(request.request_id)
 
     def _write_stream(self, request: GenerateRequest) -> None:
-        writer = StreamWriter(self.redis, request.request_id, self.prefix)
+        stream = self.outbox.open(request.request_id)
         count, reason = self._count(request)
-        last_beat = time.monotonic()
+        n = request.params.n
         for i in range(count):
             if request.request_id in self.cancelled:
-                writer.done(
-                    {c: "abort" for c in range(request.params.n)}, Usage(prompt_tokens=0, total_tokens=0)
-                )
+                stream.done({c: "abort" for c in range(n)}, Usage(prompt_tokens=0, total_tokens=0))
+                self.outbox.flush()
+                with self.lock:
+                    self.cancelled.discard(request.request_id)
                 return
-            for choice in range(request.params.n):
+            for choice in range(n):
                 final = reason if i == count - 1 else None
-                writer.delta(choice, self._token_text(i), 1, finish_reason=final)  # type: ignore[arg-type]
+                stream.delta(choice, self._token_text(i, request.request_id), 1, finish_reason=final)  # type: ignore[arg-type]
+            self.outbox.flush()
             if self.interval:
                 time.sleep(self.interval)
-            if time.monotonic() - last_beat > HEARTBEAT_INTERVAL_S:
-                writer.heartbeat()
-                last_beat = time.monotonic()
         prompt_tokens = self._prompt_tokens(request)
-        completion = count * request.params.n
-        writer.done(
-            {c: reason for c in range(request.params.n)},  # type: ignore[misc]
+        completion = count * n
+        stream.done(
+            {c: reason for c in range(n)},  # type: ignore[misc]
             Usage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion,
                 total_tokens=prompt_tokens + completion,
             ),
         )
+        self.outbox.flush()
 
     def cancel(self, request_id: str) -> bool:
         with self.lock:
@@ -341,16 +322,25 @@ class NullEngine(Engine):
         return DetokenizeResponse(prompt=" ".join(f"tok{t}" for t in request.tokens))
 
 
-# Replaced by the send time in the stepping loop, once the step's entries are built.
+# Replaced by the send time as the entry is added to its pipeline.
 _STAMP_MARK = "@@send-ns@@"
+
+
+class _StampingOutbox(StreamOutbox):
+    """Stamps each token with the time its entry goes into the pipeline."""
+
+    def encode(self, event: StreamEvent) -> dict[str, str]:
+        fields = encode_event(event)
+        fields["data"] = fields["data"].replace(_STAMP_MARK, str(time.monotonic_ns()))
+        return fields
 
 
 class _SteppedStream:
     """One open stream of the stepping loop: its writer and its progress."""
 
-    def __init__(self, request: GenerateRequest, writer: StreamWriter, count: int, reason: str) -> None:
+    def __init__(self, request: GenerateRequest, stream: OpenStream, count: int, reason: str) -> None:
         self.request = request
-        self.writer = writer
+        self.stream = stream
         self.count = count
         self.reason = reason
         self.next = 0
@@ -359,30 +349,21 @@ class _SteppedStream:
         prompt = NullEngine._prompt_tokens(self.request)
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
-    def step(self, writes: list[tuple[str, dict[str, str]]], engine: NullEngine, beat: bool) -> bool:
-        """Add this stream's next entries to ``writes``; True once it ended."""
+    def step(self, engine: NullEngine) -> bool:
+        """Queue this stream's next entries; True once it ended."""
         n = self.request.params.n
-        key = self.writer.key
-        if self.request.request_id in engine.cancelled:
-            final: StreamEvent = DoneEvent(
-                finish_reasons={str(c): "abort" for c in range(n)}, usage=self._usage(0)
-            )
-        else:
-            i = self.next
-            self.next += 1
-            text = f"tok{i}@{_STAMP_MARK} " if engine.stamp_tokens else f"tok{i} "
-            for choice in range(n):
-                last = self.reason if i == self.count - 1 else None
-                delta = DeltaEvent(index=choice, text=text, tokens=1, finish_reason=last)  # type: ignore[arg-type]
-                writes.append((key, encode_event(delta)))
-            if self.next < self.count:
-                if beat:
-                    writes.append((key, encode_event(HeartbeatEvent())))
-                return False
-            reasons: dict[str, FinishReason] = {str(c): self.reason for c in range(n)}  # type: ignore[misc]
-            final = DoneEvent(finish_reasons=reasons, usage=self._usage(self.count * n))
-        writes.append((key, encode_event(final)))
-        self.writer.closed = True
+        if self.request.request_id in engine.cancelled or self.stream.failed:
+            self.stream.done({c: "abort" for c in range(n)}, self._usage(0))
+            return True
+        i = self.next
+        self.next += 1
+        for choice in range(n):
+            last = self.reason if i == self.count - 1 else None
+            self.stream.delta(choice, engine._token_text(i, self.request.request_id), 1, finish_reason=last)  # type: ignore[arg-type]
+        if self.next < self.count:
+            return False
+        reasons: dict[int, FinishReason] = {c: self.reason for c in range(n)}  # type: ignore[misc]
+        self.stream.done(reasons, self._usage(self.count * n))
         return True
 
 
@@ -409,6 +390,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefill_ms_per_token", type=float, default=0.05)
     parser.add_argument("--stats_file", type=Path)
     parser.add_argument("--routing_policy")
+    parser.add_argument(
+        "--tag_tokens",
+        action="store_true",
+        help="put the request id in each streamed token: <request id>:tok<i>",
+    )
+    parser.add_argument(
+        "--stream_ttl_s",
+        type=int,
+        default=DEFAULT_TTL_S,
+        help="how long a stream's key outlives its last entry (a soak keeps Redis small with a short one)",
+    )
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--registry_url")
@@ -434,9 +426,11 @@ def main(argv: list[str] | None = None) -> int:
         Task(args.task),
         args.tokens,
         args.token_interval_ms / 1000.0,
-        redis.Redis.from_url(settings.redis_url),
+        stream_client(settings.redis_url),
         settings.stream_prefix,
         stamp_tokens=args.stamp_tokens,
+        tag_tokens=args.tag_tokens,
+        stream_ttl_s=args.stream_ttl_s,
         step_streams=args.step_streams,
         prefix_cache=(
             PrefixCacheModel(args.prefix_cache_blocks, args.prefix_block_tokens, args.prefill_ms_per_token)

@@ -1,20 +1,40 @@
 """Token streams through Redis: the entry types and their encoding.
 
+This docstring is the protocol's specification; writers live in
+:mod:`infergate_common.stream_writer`, the reader in the router.
+
 One Redis stream per request, key ``<prefix>:stream:<request_id>``, read
 with plain ``XREAD`` by exactly one router. Each entry has two fields:
 ``event`` (``delta``, ``heartbeat``, ``done``, ``error``) and ``data`` (JSON).
-Every stream ends with exactly one ``done`` or ``error``. The writer caps the
-stream with ``MAXLEN ~`` and sets an expiry on the key after the final
-entry, so abandoned streams disappear by themselves.
+Every stream ends with exactly one ``done`` or ``error``.
 
-* ``delta``: ``{"index", "text", "tokens", "logprobs"?, "tool_calls"?,
-  "finish_reason"?}``; ``tool_calls`` are :class:`ToolCallDelta` pieces;
-  the last delta of a choice carries its ``finish_reason`` (its text may be
-  empty), so each choice's end is known before the whole request's.
+* ``delta``: ``{"seq", "index", "text", "tokens", "logprobs"?,
+  "tool_calls"?, "finish_reason"?}``; ``tool_calls`` are
+  :class:`ToolCallDelta` pieces; the last delta of a choice carries its
+  ``finish_reason`` (its text may be empty), so each choice's end is known
+  before the whole request's.
 * ``heartbeat``: ``{}``, written at least every ``heartbeat_interval`` while
   the request is queued or generating.
-* ``done``: ``{"finish_reasons": {"0": "stop", ...}, "usage": {...}}``.
+* ``done``: ``{"deltas", "finish_reasons": {"0": "stop", ...}, "usage": {...}}``.
 * ``error``: ``{"status", "type", "message"}``.
+
+Integrity. ``seq`` numbers the deltas of one stream 0, 1, 2, ... (across
+its choices), in the order the writer wrote them, and ``done.deltas`` is how
+many there were. A reader relays delta ``seq`` only after ``seq - 1``; it
+drops a delta whose ``seq`` it has already relayed (a write retried after a
+lost reply lands twice, identical), and ends the stream with an error event
+when a delta skips ahead or the ``done`` counts more deltas than arrived: a
+client never receives text with a hole followed by a normal end.
+
+Writing. Entries are written in ``MULTI``/``EXEC`` batches, so a batch lands
+whole or not at all; a failed batch is retried a bounded number of times,
+after which the writer stops the generations it carries and owes each of
+them an ``error`` entry, written as soon as Redis takes writes again (the
+stream's earlier entries are trimmed first, which frees the memory of a
+full Redis). The writer caps each stream with ``MAXLEN ~``, and sets the
+key's expiry (``ttl_s``) with its first entry, again every ``ttl_s / 2``
+while it grows, and with its final entry: a stream whose worker died
+mid-way disappears by itself.
 """
 
 from __future__ import annotations
@@ -38,6 +58,8 @@ def stream_key(prefix: str, request_id: str) -> str:
 
 class DeltaEvent(BaseModel):
     event: Literal["delta"] = "delta"
+    # Position of this delta in its stream: 0, 1, 2, ...
+    seq: int = Field(ge=0)
     index: int = 0
     text: str = ""
     tokens: int = 0
@@ -52,6 +74,8 @@ class HeartbeatEvent(BaseModel):
 
 class DoneEvent(BaseModel):
     event: Literal["done"] = "done"
+    # How many deltas the stream carried before this entry.
+    deltas: int = Field(ge=0)
     finish_reasons: dict[str, FinishReason] = Field(default_factory=dict)
     usage: Usage
 
@@ -97,73 +121,3 @@ def decode_event(fields: dict[Any, Any]) -> StreamEvent:
 
 def is_final(event: StreamEvent) -> bool:
     return isinstance(event, (DoneEvent, ErrorEvent))
-
-
-class StreamWriter:
-    """Worker side of one request's stream.
-
-    ``redis`` is a ``redis.Redis`` client (thread-safe, pooled). Writes after
-    the final entry are ignored, so a cancelled request cannot append.
-    """
-
-    def __init__(
-        self,
-        redis: Any,
-        request_id: str,
-        prefix: str = DEFAULT_PREFIX,
-        maxlen: int = DEFAULT_MAXLEN,
-        ttl_s: int = DEFAULT_TTL_S,
-    ) -> None:
-        self.redis = redis
-        self.key = stream_key(prefix, request_id)
-        self.maxlen = maxlen
-        self.ttl_s = ttl_s
-        self.closed = False
-
-    def _add(self, event: StreamEvent) -> None:
-        if self.closed:
-            return
-        self.redis.xadd(self.key, encode_event(event), maxlen=self.maxlen, approximate=True)
-
-    def delta(
-        self,
-        index: int,
-        text: str,
-        tokens: int,
-        logprobs: list[TokenLogprob] | None = None,
-        finish_reason: FinishReason | None = None,
-        tool_calls: list[ToolCallDelta] | None = None,
-    ) -> None:
-        self._add(
-            DeltaEvent(
-                index=index,
-                text=text,
-                tokens=tokens,
-                logprobs=logprobs,
-                finish_reason=finish_reason,
-                tool_calls=tool_calls or None,
-            )
-        )
-
-    def heartbeat(self) -> None:
-        self._add(HeartbeatEvent())
-
-    def _finish(self, event: StreamEvent) -> None:
-        if self.closed:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(self.key, encode_event(event), maxlen=self.maxlen, approximate=True)
-        pipe.expire(self.key, self.ttl_s)
-        pipe.execute()
-        self.closed = True
-
-    def done(self, finish_reasons: dict[int, FinishReason], usage: Usage) -> None:
-        self._finish(
-            DoneEvent(
-                finish_reasons={str(k): v for k, v in finish_reasons.items()},
-                usage=usage,
-            )
-        )
-
-    def error(self, message: str, status: int = 500, type: str = "internal_error") -> None:
-        self._finish(ErrorEvent(status=status, type=type, message=message))

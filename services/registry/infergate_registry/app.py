@@ -78,5 +78,5 @@ def register_error_handlers(app: Flask) -> None:
 def start_reaper(app: Flask, settings: RegistrySettings) -> None:
     if settings.reap_interval_s > 0:
         app.extensions["infergate_reaper"] = Reaper(
-            app.extensions["infergate_registry"], settings.reap_interval_s
+            app.extensions["infergate_registry"], settings.reap_interval_s, settings.model_expiry_s
         ).start()

@@ -22,3 +22,6 @@ class RegistrySettings(BaseModel):
     check_replica_address: bool = True
     # A registration's ttl_s above this is lowered to it.
     max_replica_ttl_s: float = Field(60.0, gt=0)
+    # INFERGATE_MODEL_EXPIRY_S: a model whose replicas have all been gone this long
+    # is removed (0 keeps it forever); needs the sweeper (reap_interval_s > 0).
+    model_expiry_s: float = Field(600.0, ge=0)

@@ -7,11 +7,19 @@ Keys (``P`` is the prefix):
 * ``P:registry:replicas:<name>``: hash, replica URL -> :class:`StoredReplica` JSON.
 * ``P:registry:expiry``: sorted set of ``<name>\\n<url>`` scored by the time
   the replica expires unless it heartbeats again.
+* ``P:registry:vacant``: sorted set of the models that have no replica left,
+  scored by the time the sweeper first saw them so.
 
 A replica whose expiry has passed is never listed, whether or not the sweeper
 (:meth:`RegistryStore.reap_expired`) has removed it yet, so rotation does not
-depend on the sweeper's timing. Every change is published on
-:func:`infergate_common.registry_api.changes_channel`.
+depend on the sweeper's timing. A model whose replicas have all been gone
+for the model expiry is removed (:meth:`RegistryStore.expire_vacant`); a
+worker that registers again creates it anew.
+
+Every change is published on
+:func:`infergate_common.registry_api.changes_channel`; a heartbeat that
+changes nothing a router uses (the replica's readiness, and its info apart
+from ``extra``, which holds figures such as queue lengths) publishes nothing.
 """
 
 from __future__ import annotations
@@ -57,6 +65,36 @@ return members
 """
 
 
+# Removes the models without replicas whose vacancy began before ARGV[1];
+# marks newly vacant ones (score ARGV[2], now) and unmarks those that have
+# replicas again. One script, so a registration is either wholly before or
+# wholly after it. Returns the removed names.
+_EXPIRE_VACANT_SCRIPT = """
+local removed = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    if redis.call('HLEN', ARGV[3] .. name) > 0 then
+        redis.call('ZREM', KEYS[2], name)
+    else
+        local since = redis.call('ZSCORE', KEYS[2], name)
+        if not since then
+            redis.call('ZADD', KEYS[2], ARGV[2], name)
+        elseif tonumber(since) <= tonumber(ARGV[1]) then
+            redis.call('DEL', ARGV[4] .. name, ARGV[3] .. name)
+            redis.call('SREM', KEYS[1], name)
+            redis.call('ZREM', KEYS[2], name)
+            table.insert(removed, name)
+        end
+    end
+end
+return removed
+"""
+
+
+def _routing_view(info: WorkerInfo | None) -> dict[str, Any] | None:
+    """What routers use of a replica's info: all of it but ``extra``."""
+    return None if info is None else info.model_dump(exclude={"extra"})
+
+
 class StoredReplica(BaseModel):
     """A replica as kept in Redis: the public record plus its lease."""
 
@@ -95,7 +133,9 @@ class RegistryStore:
         self.channel = changes_channel(prefix)
         self._names_key = f"{prefix}:registry:models"
         self._expiry_key = f"{prefix}:registry:expiry"
+        self._vacant_key = f"{prefix}:registry:vacant"
         self._reap = client.register_script(_REAP_SCRIPT)
+        self._expire_vacant = client.register_script(_EXPIRE_VACANT_SCRIPT)
 
     # ------------------------------------------------------------------ keys
 
@@ -245,7 +285,7 @@ class RegistryStore:
         previous = None if previous_raw is None else StoredReplica.model_validate_json(previous_raw)
         if previous is None or not previous.alive(now):
             changes.append("replica_added")
-        elif previous.ready != stored.ready or previous.info != stored.info:
+        elif previous.ready != stored.ready or _routing_view(previous.info) != _routing_view(stored.info):
             changes.append("replica_updated")
         for change in changes:
             self.publish(name, change)
@@ -270,6 +310,7 @@ class RegistryStore:
         pipe.delete(self._model_key(name))
         pipe.delete(replicas_key)
         pipe.srem(self._names_key, name)
+        pipe.zrem(self._vacant_key, name)
         if urls:
             pipe.zrem(self._expiry_key, *(self._member(name, url) for url in urls))
         deleted = pipe.execute()[0]
@@ -328,6 +369,22 @@ class RegistryStore:
             name, _, url = member.partition("\n")
             removed.append((name, url))
             self.publish(name, "replica_expired")
+        return removed
+
+    def expire_vacant(self, expiry_s: float) -> list[str]:
+        """Remove the models whose replicas have all been gone for
+        ``expiry_s`` seconds (timed from the first sweep that found none)
+        and announce each one (``model_expired``)."""
+        now = self.clock()
+        removed = [
+            str(name)
+            for name in self._expire_vacant(
+                keys=[self._names_key, self._vacant_key],
+                args=[now - expiry_s, now, self._replicas_prefix(), self._model_key("")],
+            )
+        ]
+        for name in removed:
+            self.publish(name, "model_expired")
         return removed
 
 

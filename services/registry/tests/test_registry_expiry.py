@@ -15,9 +15,9 @@ from infergate_registry.settings import RegistrySettings
 from infergate_registry.store import RegistryStore
 
 
-def registration(url: str, ttl_s: float) -> ReplicaRegistration:
+def registration(url: str, ttl_s: float, name: str = "tiny") -> ReplicaRegistration:
     info = WorkerInfo(
-        name="tiny",
+        name=name,
         model_id="m",
         task=Task.TEXT_GENERATION,
         backend=Backend.HUGGINGFACE,
@@ -134,3 +134,87 @@ def test_concurrent_writers_lose_nothing(redis_client: redis.Redis, prefix: str)
     record = store.get("tiny")
     assert record.domains == ["example.com"]
     assert len(record.replicas) == 9
+
+
+def _changes(pubsub: redis.client.PubSub) -> list[dict[str, str]]:
+    out = []
+    while (message := pubsub.get_message(timeout=0.2)) is not None:
+        out.append(json.loads(message["data"]))
+    return out
+
+
+def test_a_heartbeat_that_changes_nothing_publishes_nothing(redis_client: redis.Redis, prefix: str) -> None:
+    clock = FakeClock()
+    store = RegistryStore(redis_client, prefix, clock=clock)
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(changes_channel(prefix))
+    pubsub.get_message(timeout=1)
+    beat = registration("http://a", ttl_s=5)
+    store.register("tiny", beat)
+    assert [c["change"] for c in _changes(pubsub)] == ["model_created", "replica_added"]
+    for load in range(3):
+        clock.now += 1
+        # Figures in ``extra`` (queue lengths) change on every beat.
+        beat.info.extra = {"running": load, "waiting": 2 * load}
+        store.register("tiny", beat)
+    assert _changes(pubsub) == []
+    assert store.get("tiny").replicas[0].last_seen == clock.now
+    # A real change is still announced.
+    store.register("tiny", beat.model_copy(update={"ready": False}))
+    assert _changes(pubsub) == [{"model": "tiny", "change": "replica_updated"}]
+    changed = beat.model_copy(update={"info": beat.info.model_copy(update={"max_model_len": 64})})
+    store.register("tiny", changed)
+    assert [c["change"] for c in _changes(pubsub)] == ["model_updated", "replica_updated"]
+
+
+def test_a_model_without_replicas_for_the_expiry_is_removed(redis_client: redis.Redis, prefix: str) -> None:
+    clock = FakeClock()
+    store = RegistryStore(redis_client, prefix, clock=clock)
+    store.register("tiny", registration("http://a", ttl_s=2))
+    store.register("other", registration("http://b", ttl_s=2, name="other"))
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(changes_channel(prefix))
+    pubsub.get_message(timeout=1)
+
+    assert store.expire_vacant(60) == []
+    clock.now += 3
+    store.reap_expired()
+    # First sweep without replicas: the vacancy starts now.
+    assert store.expire_vacant(60) == []
+    clock.now += 30
+    store.register("other", registration("http://b", ttl_s=2, name="other"))
+    assert store.expire_vacant(60) == []
+    clock.now += 31
+    assert store.expire_vacant(60) == ["tiny"]
+    assert {"model": "tiny", "change": "model_expired"} in _changes(pubsub)
+    assert [m.name for m in store.list_models().models] == ["other"]
+    # "other" came back before its vacancy ran out: its clock starts again.
+    clock.now += 10
+    store.reap_expired()
+    assert store.expire_vacant(60) == []
+    clock.now += 59
+    assert store.expire_vacant(60) == []
+    clock.now += 2
+    assert store.expire_vacant(60) == ["other"]
+    assert store.list_models().models == []
+    # A worker that registers again creates the model anew.
+    store.register("tiny", registration("http://a", ttl_s=2))
+    assert store.get("tiny").replicas[0].url == "http://a"
+
+
+def test_the_sweeper_expires_models_after_the_configured_time(redis_url: str, prefix: str) -> None:
+    settings = RegistrySettings(
+        redis_url=redis_url, stream_prefix=prefix, reap_interval_s=0.05, model_expiry_s=0.5
+    )
+    app = create_app(settings)
+    client = app.test_client()
+    body = registration("http://a", ttl_s=0.2).model_dump(mode="json")
+    assert client.post("/registry/models/tiny/replicas", json=body).status_code == 200
+    started = time.monotonic()
+    deadline = started + 10
+    while client.get("/registry/models/tiny").status_code == 200:
+        assert time.monotonic() < deadline, "the model was never removed"
+        time.sleep(0.05)
+    # Lease (0.2 s) plus expiry (0.5 s), at the sweeper's pace.
+    assert time.monotonic() - started >= 0.6
+    app.extensions["infergate_reaper"].stop()

@@ -88,7 +88,9 @@ class StreamGroup:
                     entry.id,
                     ErrorEvent(status=503, type="service_unavailable_error", message=ABORTED_BY_WORKER),
                 )
-            if is_final(entry.event):
+            # An error the router made (``local``) did not end the worker's
+            # generation: the stream stays unfinished, so close() cancels it.
+            if is_final(entry.event) and not entry.local:
                 stream_.finished = True
                 self._release(stream_)
             yield stream_.position, entry
@@ -103,7 +105,7 @@ class StreamGroup:
         if stream is None:
             return
         event = ErrorEvent(status=status, type="service_unavailable_error", message=message)
-        self.queue.put(Entry(stream.subscription.key, stream.subscription.last_id, event))
+        self.queue.put(Entry(stream.subscription.key, stream.subscription.last_id, event, local=True))
 
     def _release(self, stream: OpenStream) -> None:
         self.dispatcher.reader.unsubscribe(stream.subscription)

@@ -14,6 +14,16 @@ To pick a new subscription up at once rather than after the current
 :meth:`StreamReader.subscribe` writes to; that write doubles as the check
 that Redis is reachable before a request is dispatched.
 
+Each subscription checks the integrity of its stream (the rules are in
+:mod:`infergate_common.streams`): deltas are numbered, a repeated one is
+dropped, and one that skips ahead, or a ``done`` that counts more deltas
+than arrived, ends the subscription with an error entry instead of relaying
+text with a hole. A resumed subscription learns the number of the delta its
+``Last-Event-ID`` names before reading on.
+
+Errors this reader makes itself (Redis lost, a hole) are marked ``local``:
+the worker never ended that stream, so closing the request cancels it.
+
 Under gunicorn's gevent worker ``threading`` and ``queue`` are patched: the
 reader is a greenlet and the queues are cooperative.
 """
@@ -29,25 +39,33 @@ from typing import Any
 
 import redis
 
-from infergate_common.errors import ServiceUnavailable
-from infergate_common.streams import ErrorEvent, StreamEvent, decode_event
+from infergate_common.errors import NotFound, ServiceUnavailable
+from infergate_common.streams import DeltaEvent, DoneEvent, ErrorEvent, StreamEvent, decode_event
 
 log = logging.getLogger(__name__)
 
 WAKE_TTL_S = 600
 # Longer than the workers' stream expiry (streams.DEFAULT_TTL_S).
 NOTE_TTL_S = 900
-COMMAND_CONNECTIONS = 32
+# Connections for subscribing and resuming (one short round trip each); a
+# burst of new streams on a busy process waits for one, never fails at once.
+COMMAND_CONNECTIONS = 128
 READ_COUNT = 512
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One stream entry: the stream it came from, its id, its event."""
+    """One stream entry: the stream it came from, its id, its event;
+    ``local`` when the router made it (the worker did not end the stream)."""
 
     key: str
     id: str
     event: StreamEvent
+    local: bool = False
+
+
+def _lost(message: str) -> ErrorEvent:
+    return ErrorEvent(status=502, type="upstream_error", message=f"{message}; the generation was stopped")
 
 
 @dataclass(eq=False)
@@ -55,6 +73,31 @@ class Subscription:
     key: str
     last_id: str
     queue: queue.Queue[Entry] = field(default_factory=queue.Queue)
+    # The seq of the next delta to relay.
+    next_seq: int = 0
+    # A hole was found: nothing more is delivered.
+    broken: bool = False
+
+    def admit(self, event: StreamEvent) -> tuple[StreamEvent | None, bool]:
+        """What to deliver for ``event`` (None: nothing) and whether the
+        router made it, after the integrity rules."""
+        if self.broken:
+            return None, False
+        if isinstance(event, DeltaEvent):
+            if event.seq < self.next_seq:
+                return None, False  # a retried write that landed twice
+            if event.seq > self.next_seq:
+                self.broken = True
+                return _lost(
+                    f"the token stream lost entries: delta {self.next_seq} missing, {event.seq} came"
+                ), True
+            self.next_seq += 1
+        elif isinstance(event, DoneEvent) and event.deltas != self.next_seq:
+            self.broken = True
+            return _lost(
+                f"the token stream lost entries: {event.deltas} deltas written, {self.next_seq} read"
+            ), True
+        return event, False
 
 
 def _id_order(entry_id: str) -> tuple[int, int]:
@@ -64,6 +107,15 @@ def _id_order(entry_id: str) -> tuple[int, int]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _unavailable(exc: BaseException) -> ServiceUnavailable:
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return ServiceUnavailable("token stream store (Redis) is full (maxmemory reached)")
+    if isinstance(exc, redis.exceptions.ConnectionError) and isinstance(exc.__context__, queue.Empty):
+        # The blocking pool found no free connection in time.
+        return ServiceUnavailable("token stream store (Redis) busy: every connection of this router in use")
+    return ServiceUnavailable(f"token stream store (Redis) unreachable: {type(exc).__name__}")
 
 
 class StreamReader:
@@ -104,9 +156,13 @@ class StreamReader:
         """Start delivering ``key``'s entries after ``last_id``; raises
         :class:`ServiceUnavailable` when Redis cannot be reached. ``note``
         (a key and a value) is stored in the same round trip, expiring with
-        the stream: what a later reader needs to make sense of it."""
+        the stream: what a later reader needs to make sense of it. A
+        ``last_id`` other than ``0-0`` must name an entry of the stream
+        (:class:`NotFound` otherwise): reading resumes after it."""
         self._ensure_started()
         sub = Subscription(key, last_id) if shared is None else Subscription(key, last_id, shared)
+        if last_id != "0-0":
+            sub.next_seq = self._seq_after(key, last_id)
         with self._lock:
             self._subs.setdefault(key, []).append(sub)
         try:
@@ -118,8 +174,26 @@ class StreamReader:
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
             self.unsubscribe(sub)
-            raise ServiceUnavailable(f"token stream store (Redis) unreachable: {type(exc).__name__}") from exc
+            raise _unavailable(exc) from exc
         return sub
+
+    def _seq_after(self, key: str, last_id: str) -> int:
+        """The seq of the delta that follows entry ``last_id``."""
+        try:
+            found = self._command_client().xrange(key, last_id, last_id)
+        except (redis.RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        event: StreamEvent | None = None
+        if found:
+            try:
+                event = decode_event(found[0][1])  # type: ignore[index]
+            except ValueError:
+                event = None
+        if isinstance(event, DeltaEvent):
+            return event.seq + 1
+        if isinstance(event, DoneEvent):
+            return event.deltas
+        raise NotFound(f"Last-Event-ID {last_id} names no token of this stream (expired, or never sent)")
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
@@ -136,14 +210,14 @@ class StreamReader:
         try:
             value = self._command_client().get(key)
         except (redis.RedisError, OSError) as exc:
-            raise ServiceUnavailable(f"token stream store (Redis) unreachable: {type(exc).__name__}") from exc
+            raise _unavailable(exc) from exc
         return value.decode() if isinstance(value, bytes) else value
 
     def exists(self, key: str) -> bool:
         try:
             return bool(self._command_client().exists(key))
         except (redis.RedisError, OSError) as exc:
-            raise ServiceUnavailable(f"token stream store (Redis) unreachable: {type(exc).__name__}") from exc
+            raise _unavailable(exc) from exc
 
     # -------------------------------------------------------------- reader
 
@@ -164,7 +238,7 @@ class StreamReader:
             self._subs.clear()
         for sub in subs:
             event = ErrorEvent(status=503, type="service_unavailable_error", message=message)
-            sub.queue.put(Entry(sub.key, sub.last_id, event))
+            sub.queue.put(Entry(sub.key, sub.last_id, event, local=True))
 
     def _run(self) -> None:
         client: redis.Redis | None = None
@@ -228,5 +302,7 @@ class StreamReader:
                 for sub in group:
                     if _id_order(entry_id) > _id_order(sub.last_id):
                         sub.last_id = entry_id
-                        sub.queue.put(Entry(key, entry_id, event))
+                        delivered, local = sub.admit(event)
+                        if delivered is not None:
+                            sub.queue.put(Entry(key, entry_id, delivered, local))
         return wake_last

@@ -82,8 +82,8 @@ def test_streamed_logprobs_and_finish_from_done() -> None:
     events = list(
         stream.delta(
             0,
-            _entry(DeltaEvent(index=1, text=" there", tokens=1, logprobs=TOKENS[1:])),
-            DeltaEvent(index=1, text=" there", tokens=1, logprobs=TOKENS[1:]),
+            _entry(DeltaEvent(seq=0, index=1, text=" there", tokens=1, logprobs=TOKENS[1:])),
+            DeltaEvent(seq=0, index=1, text=" there", tokens=1, logprobs=TOKENS[1:]),
         )
     )
     assert events[0].id == "1-0"
@@ -91,7 +91,7 @@ def test_streamed_logprobs_and_finish_from_done() -> None:
     assert payload(events[0])["choices"][0]["finish_reason"] is None
     # Choice 0 never sent a final delta: the done entry closes it, choice 1 too.
     done = DoneEvent(
-        finish_reasons={"0": "abort", "1": "length"}, usage=Usage(prompt_tokens=1, total_tokens=1)
+        deltas=1, finish_reasons={"0": "abort", "1": "length"}, usage=Usage(prompt_tokens=1, total_tokens=1)
     )
     closing = list(stream.done(0, _entry(done, "2-0"), done))
     assert [(c["index"], c["finish_reason"]) for c in payload(closing[0])["choices"]] == [
@@ -102,9 +102,9 @@ def test_streamed_logprobs_and_finish_from_done() -> None:
 
 def test_chat_stream_role_once_per_choice_and_empty_final_delta() -> None:
     stream = ChatStream("chatcmpl-r", 1, "m", 2, True, single=False)
-    first = DeltaEvent(index=0, text="a", tokens=1)
-    other = DeltaEvent(index=1, text="b", tokens=1)
-    last = DeltaEvent(index=0, text="", tokens=0, finish_reason="stop")
+    first = DeltaEvent(seq=0, index=0, text="a", tokens=1)
+    other = DeltaEvent(seq=1, index=1, text="b", tokens=1)
+    last = DeltaEvent(seq=2, index=0, text="", tokens=0, finish_reason="stop")
     chunks = [payload(e) for ev in (first, other, last) for e in stream.delta(0, _entry(ev), ev)]
     assert [c["choices"][0]["delta"] for c in chunks] == [
         {"role": "assistant", "content": "a"},

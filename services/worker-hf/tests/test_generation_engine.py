@@ -21,7 +21,7 @@ from harness.redis_server import RedisServer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from infergate_common.errors import InfergateError, InvalidRequest
-from infergate_common.streams import DoneEvent, ErrorEvent
+from infergate_common.streams import DeltaEvent, DoneEvent, ErrorEvent
 from infergate_worker_hf.generation.detokenizer import REPLACEMENT
 
 GREEDY = {"temperature": 0, "max_tokens": 24, "ignore_eos": True}
@@ -297,6 +297,50 @@ def test_slow_generation_heartbeats_and_a_failure_ends_the_stream_with_error(
     assert isinstance(events[-1], DoneEvent) and events[-1].usage.completion_tokens == 4
 
 
+def test_a_stream_redis_refuses_is_cancelled_and_gets_an_error_entry(
+    gen_engine: EngineFactory, redis_server: RedisServer, monkeypatch
+) -> None:
+    engine = gen_engine("tiny-llama", max_num_seqs=4)
+    runner = engine.scheduler.runner
+    original = runner.step
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.05)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "step", slow)
+    cancelled: list[str] = []
+    cancel = engine.cancel
+
+    def recording_cancel(request_id: str) -> bool:
+        cancelled.append(request_id)
+        return cancel(request_id)
+
+    monkeypatch.setattr(engine, "cancel", recording_cancel)
+    streaming = request(stream=True, temperature=0, max_tokens=200, ignore_eos=True)
+    admin = redis_server.client()
+    key = f"{engine.settings.stream_prefix}:stream:{streaming.request_id}"
+    engine.start_stream(streaming)
+    deadline = time.monotonic() + 30
+    while not admin.exists(key) or admin.xlen(key) < 3:
+        assert time.monotonic() < deadline, "the stream never began"
+        time.sleep(0.02)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    try:
+        while streaming.request_id in engine._jobs:
+            assert time.monotonic() < deadline, "the generation went on after its stream failed"
+            time.sleep(0.02)
+    finally:
+        admin.config_set("maxmemory", "0")
+    assert cancelled == [streaming.request_id]
+    # Once Redis takes writes again, the stream holds only its error entry.
+    events = read_stream(admin, engine.settings.stream_prefix, streaming.request_id)
+    assert len(events) == 1 and isinstance(events[0], ErrorEvent), events
+    assert events[0].status == 503 and "Redis is full" in events[0].message
+    assert engine.scheduler.load() == {"running": 0, "waiting": 0}
+
+
 def test_more_choices_than_slots_run_alone(gen_engine: EngineFactory) -> None:
     engine = gen_engine("tiny-llama", max_num_seqs=3)
     response = generate(engine, n=5, temperature=1.0, seed=1, max_tokens=4, ignore_eos=True)
@@ -357,5 +401,8 @@ def test_many_streams_with_cancels_all_end_exactly_once(
         assert set(done.finish_reasons) == {str(i) for i in range(req.params.n)}
         streamed = sum(getattr(e, "tokens", 0) for e in events)
         assert streamed == done.usage.completion_tokens
+        # Deltas are numbered in order across choices, and the end counts them.
+        seqs = [e.seq for e in events if isinstance(e, DeltaEvent)]
+        assert seqs == list(range(len(seqs))) and done.deltas == len(seqs)
     assert engine.scheduler.load() == {"running": 0, "waiting": 0}
     assert not engine._jobs

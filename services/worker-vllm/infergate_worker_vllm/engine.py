@@ -2,8 +2,9 @@
 
 The engine runs on an asyncio loop in a thread of its own
 (:class:`BackgroundLoop`); the worker API's threads hand it coroutines.
-Deltas of streaming requests go to Redis in batches
-(:class:`StreamBatcher`), so the engine's loop never waits on Redis.
+Deltas of streaming requests go to Redis in batches through the shared
+:class:`~infergate_common.stream_writer.AsyncStreamOutbox` (which also writes
+the heartbeats), so the engine's loop never waits on Redis.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,15 +27,7 @@ from infergate_common.errors import (
     ServiceUnavailable,
 )
 from infergate_common.limits import check_logit_bias_vocabulary, check_sampling
-from infergate_common.streams import (
-    HEARTBEAT_INTERVAL_S,
-    DeltaEvent,
-    DoneEvent,
-    ErrorEvent,
-    HeartbeatEvent,
-    StreamEvent,
-    StreamWriter,
-)
+from infergate_common.stream_writer import AsyncStreamOutbox, OpenStream, async_stream_client
 from infergate_common.tool_calls import CallExtractor, check_tools, extract_all, forces_tool_call
 from infergate_common.worker_api import (
     Backend,
@@ -62,7 +54,6 @@ from .logprobs import LogprobMapper
 from .prompts import RenderedPrompt, check_token_ids, has_chat_template, render_chat, render_prompt
 from .sampling import completion_budget, finish_reason, to_vllm
 from .settings import VllmWorkerSettings
-from .stream_batcher import StreamBatcher
 from .tools import (
     VllmParserExtractor,
     check_structured_outputs,
@@ -109,12 +100,6 @@ class _Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
-@dataclass
-class _OpenStream:
-    writer: StreamWriter
-    last_write: float = field(default_factory=time.monotonic)
-
-
 def _json_safe(value: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(json.dumps(value, default=str)))
 
@@ -136,7 +121,7 @@ class VllmEngine(Engine):
         # Why a GPU given to the pod is unusable ('' when none or usable): in /info.
         self.gpu_unusable = ""
         self.loop = BackgroundLoop("vllm-asyncio")
-        self.batcher = StreamBatcher(settings.redis_url)
+        self.outbox: AsyncStreamOutbox | None = None
         self.llm: Any = None
         self.tokenizer: Any = None
         self.tool_parser = ""
@@ -155,7 +140,7 @@ class VllmEngine(Engine):
         # The streamed ones among the active requests (they outlive their /generate call).
         self._stream_ids: set[str] = set()
         # Touched only on the engine's loop.
-        self._streams: dict[str, _OpenStream] = {}
+        self._streams: dict[str, OpenStream] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -169,7 +154,7 @@ class VllmEngine(Engine):
             trust_remote_code=self.settings.trust_remote_code,
         )
         self.llm = self.loop.run(self._start_engine())
-        self.loop.run(self._start_batcher())
+        self.loop.run(self._start_outbox())
         model_config = self.llm.model_config
         self.max_model_len = int(model_config.max_model_len)
         self.max_logprobs = int(model_config.max_logprobs)
@@ -198,8 +183,24 @@ class VllmEngine(Engine):
             self.engine_args, stat_loggers=stat_logger_factories(self.settings.model_name)
         )
 
-    async def _start_batcher(self) -> None:
-        self.batcher.start()
+    async def _start_outbox(self) -> None:
+        self.outbox = AsyncStreamOutbox(
+            async_stream_client(self.settings.redis_url),
+            self.settings.stream_prefix,
+            on_failure=self._stream_failed,
+        )
+        self.outbox.start()
+
+    def _stream_failed(self, request_id: str) -> None:
+        """Redis refused the request's stream (called on the loop): nobody
+        can read the rest, so the engine stops generating it."""
+        log.error("token stream lost; aborting the generation", extra={"request_id": request_id})
+        with self._lock:
+            if request_id not in self._active:
+                return
+            self._cancelled.add(request_id)
+        if self.llm is not None and not self.llm.errored:
+            self.loop.loop.create_task(self.llm.abort(request_id))
 
     def ready(self) -> tuple[bool, str]:
         if self._dead is not None:
@@ -224,8 +225,9 @@ class VllmEngine(Engine):
 
     async def _close_streams(self) -> None:
         await self._fail_open_streams("the worker is shutting down", 503)
-        await self.batcher.drain()
-        await self.batcher.close()
+        if self.outbox is not None:
+            await self.outbox.drain()
+            await self.outbox.close()
 
     def info(self) -> WorkerInfo:
         chat = self.tokenizer is not None and has_chat_template(self.tokenizer)
@@ -355,10 +357,8 @@ class VllmEngine(Engine):
         job = self._prepare(request)
         with self._lock:
             self._stream_ids.add(request.request_id)
-        # The batcher writes its entries; the writer names the stream and tracks its end.
-        writer = StreamWriter(None, request.request_id, self.settings.stream_prefix)
         try:
-            self.loop.submit(self._stream(job, writer))
+            self.loop.submit(self._stream(job))
         except Exception:
             self._release(job.request_id)
             raise
@@ -424,38 +424,18 @@ class VllmEngine(Engine):
         content, found = whole_text_calls(parser, job.chat_request, text)
         return content, [ToolCall(id=cid, name=name, arguments=arguments) for cid, name, arguments in found]
 
-    async def _stream(self, job: _Job, writer: StreamWriter) -> None:
-        stream = _OpenStream(writer)
+    async def _stream(self, job: _Job) -> None:
+        assert self.outbox is not None
+        stream = self.outbox.open(job.request_id)
         self._streams[job.request_id] = stream
-
-        def emit(
-            index: int,
-            text: str,
-            tokens: int,
-            logprobs: list[TokenLogprob] | None,
-            finish: FinishReason | None,
-            tool_calls: list[ToolCallDelta] | None,
-        ) -> None:
-            event = DeltaEvent(
-                index=index,
-                text=text,
-                tokens=tokens,
-                logprobs=logprobs,
-                finish_reason=finish,
-                tool_calls=tool_calls or None,
-            )
-            self._write(stream, event)
-
         try:
-            finish, usage, _ = await self._drive(job, emit)
-            reasons = {str(index): reason for index, reason in finish.items()}
-            self._write(stream, DoneEvent(finish_reasons=reasons, usage=usage))
+            finish, usage, _ = await self._drive(job, stream.delta)
+            stream.done(finish, usage)
         except InfergateError as exc:
-            self._write(stream, ErrorEvent(status=exc.status, type=exc.type, message=exc.message))
+            stream.error(exc.message, status=exc.status, type=exc.type)
         except Exception as exc:
             log.exception("stream failed", extra={"request_id": job.request_id})
-            message = f"generation failed: {type(exc).__name__}: {exc}"
-            self._write(stream, ErrorEvent(status=500, message=message))
+            stream.error(f"generation failed: {type(exc).__name__}: {exc}", status=500)
         finally:
             self._streams.pop(job.request_id, None)
 
@@ -564,13 +544,9 @@ class VllmEngine(Engine):
 
     # ------------------------------------------------------------ streams
 
-    def _write(self, stream: _OpenStream, event: StreamEvent) -> None:
-        stream.last_write = time.monotonic()
-        self.batcher.put(stream.writer, event)
-
     async def _fail_open_streams(self, message: str, status: int) -> None:
         for stream in list(self._streams.values()):
-            self._write(stream, ErrorEvent(status=status, type=ServiceUnavailable.type, message=message))
+            stream.error(message, status=status, type=ServiceUnavailable.type)
 
     def _exit_later(self) -> None:
         """A dead engine does not come back (vLLM's own server exits too):
@@ -583,8 +559,8 @@ class VllmEngine(Engine):
         self.loop.loop.call_later(delay, os.kill, os.getpid(), signal.SIGTERM)
 
     async def _watch(self) -> None:
-        """Heartbeats for quiet streams (queued, or between slow tokens), and
-        the engine's death: ``/readyz`` fails and every open stream ends."""
+        """The engine's death: ``/readyz`` fails and every open stream ends.
+        (The outbox writes the heartbeats of quiet streams.)"""
         while not self._stopping:
             await asyncio.sleep(WATCH_INTERVAL_S)
             if self._dead is None and self.llm.errored and not self._stopping:
@@ -592,7 +568,3 @@ class VllmEngine(Engine):
                 log.error("the vLLM engine died; failing open streams", extra={"open": len(self._streams)})
                 await self._fail_open_streams(ENGINE_DEAD, 503)
                 self._exit_later()
-            now = time.monotonic()
-            for stream in list(self._streams.values()):
-                if now - stream.last_write >= HEARTBEAT_INTERVAL_S / 2:
-                    self._write(stream, HeartbeatEvent())

@@ -10,6 +10,7 @@ from typing import Any
 from infergate_common import worker_metrics
 from infergate_common.errors import InvalidRequest, ServiceUnavailable
 from infergate_common.limits import check_logit_bias_vocabulary, check_sampling
+from infergate_common.stream_writer import StreamOutbox, stream_client
 from infergate_common.tool_calls import DEFAULT_PARSER, check_tools, extractor_factory, parser_name_for
 from infergate_common.worker_api import GenerateRequest, GenerateResponse, Task
 
@@ -22,7 +23,7 @@ from .prompts import eos_token_ids, logits_width, prepare_prompt
 from .runners import runner_for
 from .scheduler import Scheduler
 from .sequence import ChoiceState, Job, PreparedPrompt
-from .sinks import Sink, StreamOutbox, StreamSink
+from .sinks import Sink, StreamSink
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,11 @@ class GenerationEngine(HFEngine):
             getattr(loaded.config, "model_type", None), self.settings.tool_call_parser
         )
         self.eos_ids = eos_token_ids(loaded)
-        self.outbox = StreamOutbox(self.redis, self.settings.stream_prefix)
+        self.outbox = StreamOutbox(
+            stream_client(self.settings.redis_url),
+            self.settings.stream_prefix,
+            on_failure=self._stream_failed,
+        )
         self.scheduler = Scheduler(
             runner_for(loaded),
             self.texts,
@@ -115,7 +120,7 @@ class GenerationEngine(HFEngine):
             if sink is None:
                 if self.outbox is None:
                     raise ServiceUnavailable("the generation engine is not running")
-                sink = self.outbox.open(request.request_id)
+                sink = StreamSink(self.outbox.open(request.request_id))
             job = Job(prompt=prompt, sink=sink)
             job.choices = [
                 ChoiceState(job, index, loaded.tokenizer, texts) for index in range(prompt.params.n)
@@ -127,7 +132,7 @@ class GenerationEngine(HFEngine):
         except Exception:
             self._forget(job)
             if isinstance(sink, StreamSink):
-                sink.outbox.release(sink)
+                sink.discard()
             raise
         return job
 
@@ -168,6 +173,11 @@ class GenerationEngine(HFEngine):
 
     def start_stream(self, request: GenerateRequest) -> None:
         self._submit(request)
+
+    def _stream_failed(self, request_id: str) -> None:
+        """Redis refused the request's stream: nobody can read the rest."""
+        log.error("token stream lost; cancelling the generation", extra={"request_id": request_id})
+        self.cancel(request_id)
 
     def cancel(self, request_id: str) -> bool:
         with self._jobs_lock:

@@ -143,6 +143,7 @@ class ChatStream(_OpenAIStream):
         for number, group in enumerate(groups):
             first, last = number == 0, number == len(groups) - 1
             part = DeltaEvent(
+                seq=event.seq,
                 index=event.index,
                 text=event.text if first else "",
                 tokens=event.tokens if first else 0,
