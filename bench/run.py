@@ -35,8 +35,11 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "overhead": ("bench.scenarios.overhead", True),
     "relay": ("bench.scenarios.relay", True),
     "memory": ("bench.scenarios.memory", True),
+    "routing": ("bench.scenarios.routing", True),
     "batching": ("bench.scenarios.batching", True),
     "startup": ("bench.scenarios.startup", True),
+    "batch": ("bench.scenarios.batch", False),
+    "tabular": ("bench.scenarios.tabular", True),
     "vllm": ("bench.scenarios.vllm_compare", False),
 }
 

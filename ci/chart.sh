@@ -98,4 +98,4 @@ done
 
 say "chart: rendered manifests (pytest)"
 INFERGATE_HELM="$HELM" "$PY" -m pytest -q -p no:cacheprovider tests/test_chart_render.py tests/test_chart_images.py \
-    tests/test_chart_pods.py tests/test_images.py
+    tests/test_chart_pods.py tests/test_images.py tests/test_chart_batch.py

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The local stack behind `make run`: redis-server, the registry, the router and
-# one worker per model, under honcho, from a Procfile written to var/stack/.
+# The local stack behind `make run`: redis-server, the registry, the router, a
+# Celery batch worker (the Batch API) and one worker per model, under honcho,
+# from a Procfile written to var/stack/.
 # Ctrl-C stops every process (redis-server included: it runs in the foreground
 # under honcho).
 #
@@ -8,6 +9,9 @@
 #   MODEL_ID     Hub id or local folder to serve instead of the default models
 #   MODEL_NAME   name to serve it under (default: the last part of MODEL_ID)
 #   TASK         task, when it cannot be inferred (text_generation, text_embedding, ...)
+#                A folder holding an XGBoost, LightGBM or scikit-learn model file
+#                (model.json, model.ubj, model.bst, model.txt, model.joblib, model.pkl)
+#                is served by worker-tabular (the framework comes from the file).
 #   BACKEND      auto (default), huggingface or vllm
 #   PORT         the router's port (default 8080)
 #   REDIS_PORT, REGISTRY_PORT, WORKER_PORT   private ports (6390, 8090, 8101 and up)
@@ -52,11 +56,24 @@ lines = [
     f"infergate is serving at {router}  (Ctrl-C stops everything)",
     f"  models:  curl {router}/openai/v1/models",
     f"  OpenAI SDK / LangChain base_url: {router}/openai/v1",
+    "  Batch API: client.files.create(..., purpose='batch'), client.batches.create(...) (docs/batch.md)",
 ]
 for name in names:
     model = ready[name]
     task = model["task"]
     lines.append(f"  {name}: {task} on {model['backend']} ({model['model_id']})")
+    if task == "tabular":
+        infos = [r["info"] for r in model["replicas"] if r.get("info") and r["info"].get("tabular")]
+        width = infos[0]["tabular"]["n_features"] if infos else 1
+        row = ", ".join(["0.5"] * width)
+        lines += [
+            f"    curl {router}/v1/models/{name}:predict -H 'Content-Type: application/json' \\",
+            f"      -d '{{\"instances\": [[{row}]]}}'",
+            f"    curl {router}/v2/models/{name}/infer -H 'Content-Type: application/json' \\",
+            f"      -d '{{\"inputs\": [{{\"name\": \"input-0\", \"shape\": [1, {width}], "
+            f"\"datatype\": \"FP32\", \"data\": [{row}]}}]}}'",
+        ]
+        continue
     if task in ("text_generation", "text2text_generation"):
         if model.get("chat_template"):
             chat = f'{{"model": "{name}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16'
@@ -141,6 +158,15 @@ worker_command() {
     printf '%s' "$cmd"
 }
 
+# The tabular model file in a folder, if it holds one (worker-tabular's names).
+tabular_model_file() {
+    local f
+    for f in model.json model.ubj model.bst model.txt model.joblib model.pkl model.pickle; do
+        if [ -f "$1/$f" ]; then printf '%s' "$f"; return 0; fi
+    done
+    return 1
+}
+
 names=()
 workers=()
 if [ -n "${MODEL_ID:-}" ]; then
@@ -164,7 +190,13 @@ if [ -n "${MODEL_ID:-}" ]; then
     if [ "$BACKEND" = vllm ] || { [ "$BACKEND" = auto ] && [ -x "$VLLM_PY" ] && [ -z "${INFERGATE_STACK_NO_VLLM:-}" ]; }; then
         launcher=yes
     fi
-    cmd="$(worker_command "$name" "$model" "$WORKER_PORT" "${TASK:-}" "$launcher")"
+    if [ "$offline" = yes ] && model_file="$(tabular_model_file "$model")"; then
+        say "$model holds $model_file: serving it with worker-tabular"
+        cmd="$PY -m infergate_worker_tabular --model_name $(printf %q "$name") --model_dir $(printf %q "$model")"
+        cmd="$cmd --port $WORKER_PORT --registry_url $REGISTRY_URL --redis_url $REDIS_URL"
+    else
+        cmd="$(worker_command "$name" "$model" "$WORKER_PORT" "${TASK:-}" "$launcher")"
+    fi
     if [ "$offline" = no ]; then cmd="env -u HF_HUB_OFFLINE -u TRANSFORMERS_OFFLINE $cmd"; fi
     names+=("$name")
     workers+=("$cmd")
@@ -214,17 +246,20 @@ HF_HUB_OFFLINE=1
 TRANSFORMERS_OFFLINE=1
 TOKENIZERS_PARALLELISM=false
 PYTHONUNBUFFERED=1
+INFERGATE_BATCH_STORAGE_URL=$STATE/batch-files
 EOF
 {
     echo "redis: exec redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no --dir $STATE/redis"
     echo "registry: INFERGATE_BIND=127.0.0.1:$REGISTRY_PORT exec $VENV/bin/gunicorn --config python:infergate_registry.gunicorn_conf infergate_registry.wsgi:app"
     echo "router: INFERGATE_BIND=0.0.0.0:$PORT INFERGATE_METRICS_BIND=127.0.0.1:$METRICS_PORT exec $VENV/bin/gunicorn --config python:infergate_router.gunicorn_conf infergate_router.wsgi:app"
+    # The Batch API's Celery worker: runs batch lines through the router's dispatch layer.
+    echo "batch: exec $PY -m infergate_batch --concurrency 2"
     for i in "${!workers[@]}"; do
         echo "${names[$i]}: exec ${workers[$i]}"
     done
     echo "ready: exec bash $ROOT/ci/stack.sh --announce $ROUTER_URL $REGISTRY_URL ${names[*]}"
 } >"$STATE/Procfile"
 
-say "starting redis-server, registry, router and ${names[*]} (Procfile: $STATE/Procfile)"
+say "starting redis-server, registry, router, a batch worker and ${names[*]} (Procfile: $STATE/Procfile)"
 say "the router will answer at $ROUTER_URL; a banner with curl examples follows once the models are loaded"
 exec "$VENV/bin/honcho" -f "$STATE/Procfile" -e "$STATE/stack.env" -d "$ROOT" start

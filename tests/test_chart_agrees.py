@@ -152,6 +152,8 @@ class ClusterOnLoopback:
                 doc["metadata"]["name"], doc, int(container(doc)["ports"][0]["containerPort"])
             )
             for doc in manifests.of_kind("Deployment")
+            # Pods without a port (the batch workers) serve nothing to route to.
+            if container(doc).get("ports")
         }
         self.redis_port = redis_port
         # (service name, service port) -> loopback port

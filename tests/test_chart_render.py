@@ -142,7 +142,11 @@ def test_one_worker_deployment_and_service_per_model(chart: Chart, two_models: M
 def test_defaults_render_no_worker(chart: Chart) -> None:
     manifests = chart.render()
     assert not [n for n in manifests.names("Deployment") if "-worker-" in n]
-    assert manifests.names("Deployment") == {chart.name("router"), chart.name("registry")}
+    assert manifests.names("Deployment") == {
+        chart.name("router"),
+        chart.name("registry"),
+        chart.name("batch"),
+    }
     assert manifests.names("StatefulSet") == {chart.name("redis")}
 
 
@@ -321,6 +325,23 @@ def test_workers_register_their_domains_hosts_and_restriction(chart: Chart, two_
     assert flag_value(minilm, "--domains") == "example.com,internal.corp,search.internal.corp"
     assert "--restricted" in minilm
     assert "--hosts" not in minilm
+
+
+def test_routing_policy_reaches_the_worker_and_bad_ones_are_refused(chart: Chart) -> None:
+    manifests = chart.render(
+        {
+            "models": {
+                "chat": {"modelId": "org/a", "routingPolicy": "prefix_aware"},
+                "plain": {"modelId": "org/b"},
+            }
+        }
+    )
+    assert (
+        flag_value(container(worker(chart, manifests, "chat"))["args"], "--routing_policy") == "prefix_aware"
+    )
+    assert "--routing_policy" not in container(worker(chart, manifests, "plain"))["args"]
+    with pytest.raises(RenderFailed, match="routingPolicy"):
+        chart.render({"models": {"chat": {"modelId": "org/a", "routingPolicy": "round_robin"}}})
 
 
 def test_ingress_without_router_host_catches_the_rest(chart: Chart) -> None:

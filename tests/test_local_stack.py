@@ -26,7 +26,11 @@ pytestmark = pytest.mark.slow
 
 
 class LocalStack:
-    def __init__(self, workdir: Path, script: str = "stack.sh", **settings: str) -> None:
+    def __init__(
+        self, workdir: Path, model_env: dict[str, str] | None = None, script: str = "stack.sh"
+    ) -> None:
+        """``model_env``: MODEL_ID and the like, as a user sets them (none: the default models);
+        ``script``: ci/stack.sh, or ci/run.sh as `make run` runs it."""
         self.ports = {name: free_port() for name in ("PORT", "METRICS_PORT", "REDIS_PORT", "REGISTRY_PORT")}
         # Two consecutive free ports for the two workers.
         self.ports["WORKER_PORT"] = _free_pair()
@@ -39,7 +43,7 @@ class LocalStack:
         }
         for name in ("MODEL_ID", "MODEL_NAME", "TASK", "BACKEND"):
             env.pop(name, None)
-        env.update(settings)
+        env.update(model_env or {})
         env["OMP_NUM_THREADS"] = "1"
         self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -199,9 +203,38 @@ def test_router_metrics_on_the_metrics_port(local_stack: LocalStack) -> None:
     assert 'infergate_router_requests_total{method="GET",route="/",status="200"}' in text
 
 
+def test_batch_round_trip_with_the_sdk(local_stack: LocalStack) -> None:
+    """The README's Batch API example against the local stack's Celery worker."""
+    import io
+    import json
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{local_stack.url}/openai/v1", api_key="unused")
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    lines = [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        for i in range(3)
+    ]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    file = client.files.create(file=("requests.jsonl", io.BytesIO(content)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 120
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.5)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.output_file_id, batch
+    output = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    assert sorted(line["custom_id"] for line in output) == ["r0", "r1", "r2"]
+    assert all(line["response"]["status_code"] == 200 for line in output)
+
+
 def test_ctrl_c_stops_everything(local_stack: LocalStack) -> None:
     children = local_stack.children()
-    assert len(children) == 6  # redis, registry, router, two workers, the banner
+    assert len(children) == 7  # redis, registry, router, the batch worker, two workers, the banner
     assert local_stack.interrupt() in (0, 130, -signal.SIGINT)
     for name, port in local_stack.ports.items():
         assert _port_free(port), f"{name} {port} still bound after Ctrl-C"
@@ -235,9 +268,8 @@ def test_make_run_auto_serves_a_llama_folder_on_vllm(
         pytest.fail(".venv-vllm is missing: ci/test.sh builds it (ci/setup_vllm.sh)")
     stack = LocalStack(
         tmp_path_factory.mktemp("local-stack-vllm"),
-        "run.sh",
-        MODEL_ID=str(test_models / "tiny-llama"),
-        MODEL_NAME="llama-folder",
+        {"MODEL_ID": str(test_models / "tiny-llama"), "MODEL_NAME": "llama-folder"},
+        script="run.sh",
     )
     try:
         banner = stack.wait_for_banner(timeout_s=420)

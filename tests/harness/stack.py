@@ -63,6 +63,8 @@ class Stack:
         redis_dir = workdir / "redis"
         redis_dir.mkdir(exist_ok=True)
         self.redis = RedisServer(redis_dir)
+        # Files of the Batch API, shared by the router and the batch workers.
+        self.batch_storage = workdir / "batch-files"
         self.prefix = prefix
         self.router_env = dict(router_env or {})
         self.router_workers = router_workers
@@ -83,6 +85,7 @@ class Stack:
             "INFERGATE_REDIS_URL": self.redis.url,
             "INFERGATE_STREAM_PREFIX": self.prefix,
             "INFERGATE_LOG_LEVEL": "INFO",
+            "INFERGATE_BATCH_STORAGE_URL": str(self.batch_storage),
         }
 
     def start_registry(self) -> Process:

@@ -112,9 +112,10 @@ or localhost) is replaced by it: a mirror holds the images under the same paths.
 {{- printf "%s-worker-%s" (include "infergate.fullname" .root) .name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* infergate.runtimeKey: the `runtimes` entry a model runs with: huggingface, or vllm for auto and vllm. */}}
+{{/* infergate.runtimeKey: the `runtimes` entry a model runs with: huggingface, tabular, or vllm for auto and vllm. */}}
 {{- define "infergate.runtimeKey" -}}
-{{- if eq (default "auto" .runtime) "huggingface" }}huggingface{{ else }}vllm{{ end }}
+{{- $runtime := default "auto" .runtime }}
+{{- if has $runtime (list "huggingface" "tabular") }}{{ $runtime }}{{ else }}vllm{{ end }}
 {{- end }}
 
 {{/* infergate.modelDomains: the global domains plus the model's own, as a JSON list (dict root, model). */}}
@@ -239,6 +240,7 @@ extraVolumeMounts, initContainers) are the runtime's followed by the model's. */
 {{- $_ := set $merged "drainSeconds" (int ($merged.drainSeconds | default 60)) }}
 {{- $cache := $merged.cache }}
 {{- $_ := set $cache "type" ($cache.type | default "emptyDir") }}
+{{- $_ := set $cache "size" ($cache.size | default "20Gi") }}
 {{- /* An emptyDir cache counts against the node's ephemeral storage: ask for it, so the pod lands where it fits. */}}
 {{- if eq $cache.type "emptyDir" }}
 {{- $requests := $merged.resources.requests | default dict }}

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from infergate_common.errors import InvalidRequest
-from infergate_common.registry_api import AliasesUpdate, DomainsUpdate, ReplicaRegistration
+from infergate_common.registry_api import AliasesUpdate, DomainsUpdate, ReplicaRegistration, RoutingUpdate
 
 from .store import RegistryStore
 
@@ -91,3 +91,8 @@ def set_domains(name: str) -> Response:
 @registry.put("/models/<name>/aliases")
 def set_aliases(name: str) -> Response:
     return as_json(store().set_aliases(name, parse(AliasesUpdate)))
+
+
+@registry.put("/models/<name>/routing")
+def set_routing(name: str) -> Response:
+    return as_json(store().set_routing(name, parse(RoutingUpdate)))

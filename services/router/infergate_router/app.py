@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import math
 import re
 import time
 import uuid
@@ -28,6 +29,7 @@ from infergate_common.errors import (
 from infergate_common.logs import request_context
 
 from .protocols import kserve
+from .protocols.openai import batches as openai_batches
 from .protocols.openai import routes as openai_routes
 from .protocols.v1 import routes as v1_routes
 from .protocols.v2 import routes as v2_routes
@@ -89,10 +91,11 @@ def register_request_hooks(app: Flask) -> None:
     @app.before_request
     def check_body_size() -> None:
         length = request.content_length
-        if length is not None and length > settings.max_body_bytes:
-            raise PayloadTooLarge(
-                f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}"
-            )
+        # A view may allow larger bodies (file uploads) with a ``max_body_bytes`` attribute.
+        view = app.view_functions.get(request.endpoint or "")
+        limit = getattr(view, "max_body_bytes", settings.max_body_bytes)
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
 
     @app.before_request
     def authenticate() -> None:
@@ -140,6 +143,7 @@ def register_request_hooks(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     app.register_blueprint(openai_routes.blueprint)
     app.register_blueprint(openai_routes.hints)
+    app.register_blueprint(openai_batches.blueprint)
     app.register_blueprint(v1_routes.blueprint)
     app.register_blueprint(v2_routes.blueprint)
 
@@ -148,8 +152,13 @@ def register_blueprints(app: Flask) -> None:
         return jsonify({"status": "alive"})
 
     @app.get("/readyz")
-    def ready() -> Response:
-        return jsonify({"status": "ready"})
+    def readyz() -> tuple[Response, int]:
+        """Whether this router process can serve: not draining, Redis and the
+        registry reachable (checked at most once a second)."""
+        ok, reason = services().readiness.check()
+        if ok:
+            return jsonify({"ready": True}), 200
+        return jsonify({"ready": False, "reason": reason}), 503
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -157,7 +166,10 @@ def register_error_handlers(app: Flask) -> None:
     def infergate_error(error: InfergateError) -> Response:
         if error.status >= 500:
             log.warning("request failed: %s", error.message, extra={"status": error.status})
-        return renderer_for_request()(error)
+        response = renderer_for_request()(error)
+        if error.retry_after_s is not None:
+            response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

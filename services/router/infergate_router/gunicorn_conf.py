@@ -5,7 +5,8 @@ gevent workers: each holds hundreds of open SSE streams as greenlets.
 From the environment:
 
 - ``INFERGATE_BIND`` (default ``0.0.0.0:8080``): the API.
-- ``INFERGATE_WORKERS`` (default 2): gunicorn worker processes.
+- ``INFERGATE_WORKERS`` (default: one process per CPU the container is
+  given, see :mod:`infergate_common.cpus`): gunicorn worker processes.
 - ``INFERGATE_METRICS_BIND`` (``host:port``; empty: no metrics listener):
   Prometheus metrics, served by the master process on their own port (never
   the API's, so an Ingress routing the API never exposes them). The master
@@ -14,9 +15,9 @@ From the environment:
 - ``PROMETHEUS_MULTIPROC_DIR``: where the workers write their values; a
   fresh private folder when unset. Emptied at start: values of a previous
   run must not be added to this one's.
-- ``INFERGATE_DRAIN_S`` (default 30): how long a worker may take to finish
-  its requests after SIGTERM (gunicorn's ``graceful_timeout``); the chart
-  gives the pod a longer ``terminationGracePeriodSeconds``.
+- ``INFERGATE_DRAIN_S`` (default 30): how long open streams may take to
+  finish after SIGTERM; gunicorn's ``graceful_timeout`` is 5 s more, and the
+  chart gives the pod ``terminationGracePeriodSeconds`` of drain + 15.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from infergate_common.cpus import available_cpus
 
 _metrics_dir = Path(
     os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="infergate-router-metrics-")
@@ -35,8 +38,9 @@ for _stale in _metrics_dir.glob("*.db"):
 # Before any worker imports prometheus_client: it picks its value store at import.
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 
+
 bind = os.environ.get("INFERGATE_BIND", "0.0.0.0:8080")
-workers = int(os.environ.get("INFERGATE_WORKERS", "2"))
+workers = int(os.environ.get("INFERGATE_WORKERS") or available_cpus())
 worker_class = "gevent"
 # Open connections per worker: every streaming client holds one for its
 # whole generation.
@@ -44,7 +48,9 @@ worker_connections = int(os.environ.get("INFERGATE_WORKER_CONNECTIONS", "2000"))
 # gevent workers notify the arbiter from their own loop, so a long stream
 # never trips this; it only catches a blocked worker.
 timeout = 60
-graceful_timeout = int(float(os.environ.get("INFERGATE_DRAIN_S", "30")))
+# SIGTERM: open streams get INFERGATE_DRAIN_S to finish (then an error
+# event); gunicorn waits a little longer before it stops the process.
+graceful_timeout = int(float(os.environ.get("INFERGATE_DRAIN_S", "30"))) + 5
 keepalive = 5
 # The app logs one JSON line per request itself.
 accesslog = None
@@ -81,3 +87,23 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """Drain on SIGTERM: gunicorn stops accepting, and the app ends its open
+    streams cleanly once the drain time is over (see ``RouterServices.begin_drain``)."""
+    import signal
+
+    from infergate_router.services import EXTENSION
+
+    stop_accepting = worker.handle_exit
+
+    def handle_exit(sig, frame):  # type: ignore[no-untyped-def]
+        services = getattr(worker.wsgi, "extensions", {}).get(EXTENSION)
+        if services is not None:
+            services.begin_drain()
+        stop_accepting(sig, frame)
+
+    worker.handle_exit = handle_exit
+    # gunicorn bound its handler before this hook ran.
+    signal.signal(signal.SIGTERM, handle_exit)

@@ -1,16 +1,20 @@
 """The per-process parts of the router, built once by ``create_app`` and
 reached from views through :func:`services`. Nothing here connects to
-anything until the first request needs it."""
+anything until the first request needs it. The module does not import
+Flask (only :func:`services` does), so the batch workers build the same
+parts with :meth:`RouterServices.build` and dispatch without the app."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
-
-from flask import current_app
 
 from .dispatch import Dispatcher
 from .metrics import RouterMetrics
 from .model_directory import ModelDirectory
+from .readiness import Readiness
 from .registry_changes import RegistryChangeListener
 from .replica_choice import InFlight
 from .settings import RouterSettings
@@ -18,6 +22,8 @@ from .stream_reader import StreamReader
 from .worker_client import WorkerClient
 
 EXTENSION = "infergate_router"
+
+log = logging.getLogger("infergate_router")
 
 
 @dataclass
@@ -30,6 +36,7 @@ class RouterServices:
     reader: StreamReader
     dispatcher: Dispatcher
     metrics: RouterMetrics
+    readiness: Readiness
 
     @classmethod
     def build(cls, settings: RouterSettings) -> RouterServices:
@@ -44,9 +51,33 @@ class RouterServices:
             settings.redis_url, settings.stream_prefix, settings.stream_block_ms, settings.connect_timeout_s
         )
         dispatcher = Dispatcher(
-            inflight, workers, reader, settings.stream_prefix, settings.heartbeat_deadline_s
+            inflight,
+            workers,
+            reader,
+            settings.stream_prefix,
+            settings.heartbeat_deadline_s,
+            settings.queue_wait_s,
         )
-        return cls(settings, directory, changes, inflight, workers, reader, dispatcher, metrics)
+        readiness = Readiness(reader, directory)
+        return cls(settings, directory, changes, inflight, workers, reader, dispatcher, metrics, readiness)
+
+    def begin_drain(self) -> None:
+        """SIGTERM: readiness turns 503; open streams may run for
+        ``drain_s``, then end with an error event (their generations are
+        cancelled as their responses close)."""
+        if self.readiness.draining.is_set():
+            return
+        self.readiness.draining.set()
+        log.info("draining", extra={"open_streams": self.reader.active(), "drain_s": self.settings.drain_s})
+
+        def end_streams() -> None:
+            time.sleep(self.settings.drain_s)
+            ended = self.dispatcher.abort_open_streams(
+                "the router is shutting down; retry the request (resume with Last-Event-ID where supported)"
+            )
+            log.info("drain grace over", extra={"streams_ended": ended})
+
+        threading.Thread(target=end_streams, name="drain", daemon=True).start()
 
     def close(self) -> None:
         self.changes.stop()
@@ -56,4 +87,6 @@ class RouterServices:
 
 
 def services() -> RouterServices:
+    from flask import current_app
+
     return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]

@@ -3,13 +3,18 @@ environment variables by :func:`infergate_common.settings.load_settings`."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from infergate_common.limits import GenerationLimits
 from infergate_common.settings import load_settings
 from infergate_common.streams import DEFAULT_PREFIX
 
 
-class RouterSettings(BaseModel):
+class RouterSettings(GenerationLimits):
+    """The limits of :class:`GenerationLimits` (``max_n``, ``max_stop_sequences``,
+    ``max_stop_length``, ``max_logit_bias``) are the router's too; those below
+    are the router's own (see ``docs/limits.md``)."""
+
     redis_url: str = "redis://127.0.0.1:6379/0"
     registry_url: str = "http://127.0.0.1:8090"
     stream_prefix: str = DEFAULT_PREFIX
@@ -27,6 +32,27 @@ class RouterSettings(BaseModel):
     stream_block_ms: int = Field(2000, ge=10)
     # Name reported by GET /v2.
     server_name: str = "infergate"
+    # When every replica of a model is at its capacity, how long a request
+    # waits for room before a 429 (OpenAI) / 503 (KServe) with Retry-After.
+    queue_wait_s: float = Field(1.0, ge=0)
+    # On SIGTERM, how long open streams may run before they end with an
+    # error event (and their generations are cancelled). gunicorn's
+    # graceful timeout is this plus a few seconds.
+    drain_s: float = Field(30.0, ge=0)
+
+    # ---- request limits (a request past one is a 400 naming it)
+    # Nesting of arrays and objects in a request body.
+    max_json_depth: int = Field(64, ge=2, le=500)
+    # Inputs of one /openai/v1/embeddings request (OpenAI's own limit).
+    max_embedding_inputs: int = Field(2048, ge=1)
+    # Prompts of one completions request, and generative v1 instances / v2 elements.
+    max_prompts: int = Field(256, ge=1)
+    # Instances of one v1 :predict, elements of one v2 /infer (all input tensors).
+    max_v1_instances: int = Field(2048, ge=1)
+    max_v2_elements: int = Field(2048, ge=1)
+    # Completions ``logprobs`` and chat ``top_logprobs`` (OpenAI's 5 and 20 by default).
+    max_logprobs: int = Field(5, ge=0, le=20)
+    max_top_logprobs: int = Field(20, ge=0, le=20)
 
 
 def settings_from_env() -> RouterSettings:

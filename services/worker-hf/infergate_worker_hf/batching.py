@@ -1,11 +1,15 @@
 """Cross-request micro-batching for encoder tasks.
 
 Request threads submit their rows (one per input) and wait; one batcher
-thread gathers queued rows into batches of at most ``max_batch_size``,
-waiting at most ``max_wait_s`` after the oldest queued row arrived, runs one
-forward pass per batch and hands each row's result back to its request. A
-batch that fails fails only the requests with rows in it; the thread keeps
-serving. ``max_batch_size=1`` runs every row alone (batching off).
+thread runs one forward pass per batch of at most ``max_batch_size`` rows
+and hands each row's result back to its request. It batches as continuous
+batching does: when the model is idle, whatever is queued runs at once (one
+client waits for nothing); while a forward pass runs, new rows queue, and
+the next batch takes all of them. ``max_wait_s`` (0 by default) adds a
+gathering window after the oldest queued row for an idle model, for
+workloads that prefer fuller batches to latency. A batch that fails fails
+only the requests with rows in it; the thread keeps serving.
+``max_batch_size=1`` runs every row alone (batching off).
 """
 
 from __future__ import annotations
@@ -156,7 +160,11 @@ class MicroBatcher(Generic[RowT, ResultT]):
                     self._cond.wait()
                     continue
                 # Rows that queued while a batch ran are already past their
-                # deadline: they go at once.
+                # deadline: they go at once, and with no window, so does
+                # the first row to reach an idle model.
+                if self.max_wait_s <= 0 or len(self._queue) >= self.max_batch_size:
+                    count = min(self.max_batch_size, len(self._queue))
+                    return [self._queue.popleft() for _ in range(count)]
                 deadline = self._queue[0].enqueued + self.max_wait_s
                 remaining = deadline - time.monotonic()
                 if len(self._queue) >= self.max_batch_size or remaining <= 0:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from infergate_common.limits import WorkerLimits
 from infergate_common.worker_api import Task
 from infergate_common.worker_runner import WorkerServerSettings
 
@@ -16,8 +17,10 @@ BackendChoice = Literal["auto", "huggingface", "vllm"]
 DtypeChoice = Literal["auto", "float16", "bfloat16", "float32"]
 
 
-class HFWorkerSettings(WorkerServerSettings):
-    """KServe's argument names, snake_case as KServe spells them."""
+class HFWorkerSettings(WorkerServerSettings, WorkerLimits):
+    """KServe's argument names, snake_case as KServe spells them, and the
+    request limits of :class:`~infergate_common.limits.WorkerLimits`
+    (``--max_encode_inputs``, ``--max_n``, ``--max_stop_sequences``, ...)."""
 
     model_name: str = "model"
     # A Hub id or a local folder; wins over model_dir.
@@ -47,10 +50,19 @@ class HFWorkerSettings(WorkerServerSettings):
     torch_threads: int | None = Field(None, ge=1)
     # Encoder tasks: the most inputs one forward pass takes (1 disables batching).
     max_batch_size: int = Field(32, ge=1)
-    # Encoder tasks: how long a batch waits for more requests once one arrived.
-    max_batch_wait_ms: float = Field(2.0, ge=0)
+    # Encoder tasks: how long an idle model waits for more requests once one
+    # arrived (0: runs at once; requests that arrive during a forward pass
+    # form the next batch either way).
+    max_batch_wait_ms: float = Field(0.0, ge=0)
     # Generation: the most sequences in the running batch (1 disables batching).
     max_num_seqs: int = Field(16, ge=1)
+    # tool_choice "auto": the model's tool-call format (hermes, llama3_json,
+    # mistral); None: chosen by the model family.
+    tool_call_parser: str | None = None
+    # Fill mask with probabilities or raw logits: the tokens returned per
+    # mask, and the most a request may ask for (``top_k``).
+    fill_mask_top_k: int = Field(5, ge=1)
+    max_fill_mask_top_k: int = Field(100, ge=1)
 
     @field_validator("task", mode="before")
     @classmethod

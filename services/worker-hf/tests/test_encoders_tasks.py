@@ -204,11 +204,38 @@ def test_fill_mask_decodes_the_argmax_token(mlm: HFWorker) -> None:
     assert body["datatype"] == "BYTES" and body["shape"] == [2]
 
 
-def test_fill_mask_probabilities_cover_the_vocabulary(mlm: HFWorker) -> None:
-    body = ok(mlm.encode(["The capital of France is [MASK]."], return_probabilities=True))
+def _mask_logits(mlm: HFWorker, text: str) -> torch.Tensor:
+    model, tokenizer = reference(mlm.model_dir, "mask")
+    batch = tokenizer(text, return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**batch).logits[0]
+    position = int((batch["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten()[0])
+    return logits[position]
+
+
+def test_fill_mask_probabilities_are_the_top_k_tokens(mlm: HFWorker) -> None:
+    text = "The capital of France is [MASK]."
+    body = ok(mlm.encode([text], return_probabilities=True))
     (masks,) = body["predictions"]
     assert len(masks) == 1
-    assert sum(masks[0].values()) == pytest.approx(1.0, abs=0.05)
+    # --fill_mask_top_k's default: five tokens, most likely first, never the vocabulary.
+    probs, ids = _mask_logits(mlm, text).softmax(-1).topk(5)
+    assert list(masks[0]) == [str(i) for i in ids.tolist()]
+    assert list(masks[0].values()) == pytest.approx(probs.tolist(), abs=1e-4)
+    assert body["datatype"] == "BYTES" and body["shape"] == [1]
+
+
+def test_fill_mask_raw_logits_and_a_request_top_k(mlm: HFWorker) -> None:
+    text = "The capital of France is [MASK]."
+    (masks,) = ok(mlm.encode([text], return_raw_logits=True, top_k=3))["predictions"]
+    values, ids = _mask_logits(mlm, text).topk(3)
+    assert list(masks[0]) == [str(i) for i in ids.tolist()]
+    assert list(masks[0].values()) == pytest.approx(values.tolist(), abs=1e-4)
+
+
+def test_fill_mask_top_k_past_its_limit_is_a_400(mlm: HFWorker) -> None:
+    message = error_of(mlm.encode(["The capital of France is [MASK]."], return_probabilities=True, top_k=101))
+    assert "max_fill_mask_top_k" in message
 
 
 def test_fill_mask_without_mask_is_a_clear_400(mlm: HFWorker) -> None:

@@ -109,6 +109,29 @@ def test_logprobs_are_the_model_distribution() -> None:
     assert [t for t, _ in pick.top] == [2, 1]
 
 
+def test_logit_bias_applies_to_its_own_row_only() -> None:
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(3))
+    plain = logits.argmax(-1).tolist()
+    target = (plain[1] + 7) % 50
+    mixed = [
+        *rows(1, temperature=0),
+        *rows(1, temperature=0, logit_bias={target: 100}),
+        *rows(1, temperature=0),
+    ]
+    picks = sample(logits, mixed, [1, 1, None])
+    assert [p.token for p in picks] == [plain[0], target, plain[2]]
+    # Log probabilities stay the model's, before the bias.
+    assert picks[1].logprob == pytest.approx(float(logits[1].log_softmax(-1)[target]))
+    assert picks[1].top[0][0] == plain[1]
+
+
+def test_logit_bias_bans_a_token_when_sampling_and_with_penalties() -> None:
+    logits = torch.tensor([[3.0, 2.9, -5.0]])
+    banned = rows(1, temperature=1.0, seed=1, logit_bias={0: -100, 1: -100}, presence_penalty=0.5)
+    assert {sample(logits, banned, [None])[0].token for _ in range(30)} == {2}
+    assert torch.equal(logits, torch.tensor([[3.0, 2.9, -5.0]]))
+
+
 def test_growable_layer_matches_concatenation() -> None:
     from transformers.cache_utils import DynamicLayer
 

@@ -1,4 +1,6 @@
-"""The worker API's sampling parameters as vLLM's, and the context check."""
+"""The worker API's sampling parameters as vLLM's, and the context check.
+``logit_bias`` goes to vLLM's ``SamplingParams.logit_bias`` once the engine
+has checked it against the request limits and the model's vocabulary."""
 
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ def to_vllm(params: WorkerSampling, max_tokens: int, max_logprobs: int) -> Any:
             logprobs=params.logprobs,
             prompt_logprobs=prompt_logprobs,
             ignore_eos=params.ignore_eos,
+            logit_bias=dict(params.logit_bias) if params.logit_bias else None,
             include_stop_str_in_output=False,
             skip_special_tokens=True,
             output_kind=RequestOutputKind.DELTA,

@@ -47,6 +47,12 @@ def test_sampling_params_map_to_vllm() -> None:
     assert sampling.output_kind is RequestOutputKind.DELTA
 
 
+def test_logit_bias_maps_to_vllm() -> None:
+    sampling = to_vllm(SamplingParams(logit_bias={7: 100.0, 3: -2.5}), max_tokens=4, max_logprobs=20)
+    assert sampling.logit_bias == {7: 100.0, 3: -2.5}
+    assert to_vllm(SamplingParams(), 4, 20).logit_bias is None
+
+
 def test_prompt_logprobs_only_with_echo() -> None:
     assert to_vllm(SamplingParams(logprobs=1), 4, 20).prompt_logprobs is None
     assert to_vllm(SamplingParams(echo=True), 4, 20).prompt_logprobs is None

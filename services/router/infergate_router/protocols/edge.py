@@ -4,7 +4,6 @@ model once, name the request, and find the model it asks for."""
 from __future__ import annotations
 
 import contextvars
-import json
 import re
 import threading
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from pydantic import BaseModel, ValidationError
 from infergate_common.errors import InvalidRequest
 from infergate_common.registry_api import ModelRecord
 
+from ..limits import parse_json
+from ..routing_policies import set_route_hint
 from ..services import services
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -33,17 +34,19 @@ def describe_validation(exc: ValidationError, prefix: str = "") -> InvalidReques
 
 
 def parse_body(model: type[ModelT]) -> ModelT:
-    """The JSON body as ``model``; 400 for malformed JSON, wrong types or
-    values out of range (413 comes earlier, from the body size limit)."""
+    """The JSON body as ``model``; 400 for malformed JSON, nesting past
+    ``max_json_depth``, wrong types or values out of range (413 comes
+    earlier, from the body size limit)."""
     raw = request.get_data(cache=True)
     if not raw.strip():
         raise InvalidRequest("the request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw)
+        body = parse_json(raw)
     except ValueError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    set_route_hint(body, request.headers)
     return validate(model, body)
 
 

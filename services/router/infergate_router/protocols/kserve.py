@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Response
+from flask import Response, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from infergate_common.errors import InfergateError, InvalidRequest
+from infergate_common.limits import SEED_MAX, SEED_MIN
 from infergate_common.registry_api import ModelRecord
 from infergate_common.worker_api import (
     EncodeRequest,
@@ -19,6 +20,9 @@ from infergate_common.worker_api import (
     SamplingParams,
 )
 
+from .. import limits
+from ..client_watch import client_watch
+from ..limits import logit_bias_ids
 from ..services import services
 from .edge import run_all, validate
 
@@ -43,12 +47,17 @@ class Parameters(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+    # Sampling; for fill mask, how many tokens to return per mask.
     top_k: int | None = Field(None, ge=-1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = None
+    logit_bias: dict[str, float] | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     ignore_eos: bool | None = None
+    # Tabular models: class probabilities (scikit-learn), untransformed margins (XGBoost, LightGBM).
+    predict_proba: bool | None = None
+    raw_margin: bool | None = None
 
     def merged(self, other: Parameters | None) -> Parameters:
         if other is None:
@@ -66,6 +75,7 @@ class Parameters(BaseModel):
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
             "ignore_eos": self.ignore_eos,
+            "logit_bias": logit_bias_ids(self.logit_bias),
         }
         if self.stop is not None:
             values["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -89,6 +99,7 @@ def encode(model: ModelRecord, request_id: str, texts: list[str], params: Parame
         return_raw_logits=params.return_raw_logits,
         return_offsets_mapping=params.return_offsets_mapping,
         return_labels=params.return_labels,
+        top_k=params.top_k if params.top_k is not None and params.top_k > 0 else None,
     )
     response = svc.dispatcher.call(model, lambda url: svc.workers.encode(url, req))
     svc.metrics.tokens(model.name, response.usage.prompt_tokens, 0)
@@ -116,16 +127,20 @@ def prompts(instances: list[Any], where: str) -> list[Prompt]:
 
 
 def generate_requests(
-    request_id: str, items: list[Prompt], shared: Parameters, stream: bool
+    model: ModelRecord, request_id: str, items: list[Prompt], shared: Parameters, stream: bool
 ) -> list[GenerateRequest]:
+    """One generation per prompt, each within the limits."""
+    limits.check_prompts(len(items), "instances")
     requests = []
     for index, item in enumerate(items):
         params = shared.merged(item.parameters).merged(item.params)
+        sampling = params.sampling()
+        limits.check_generation(sampling, model)
         requests.append(
             GenerateRequest(
                 request_id=request_id if len(items) == 1 else f"{request_id}-{index}",
                 prompt=item.prompt,
-                params=params.sampling(),
+                params=sampling,
                 stream=stream,
             )
         )
@@ -136,7 +151,7 @@ def generate_all(model: ModelRecord, requests: list[GenerateRequest]) -> list[Ge
     svc = services()
 
     def one(req: GenerateRequest) -> GenerateResponse:
-        response = svc.dispatcher.call(model, lambda url: svc.workers.generate(url, req))
+        response = svc.dispatcher.generate(model, req, client_watch(request.environ))
         svc.metrics.tokens(model.name, response.usage.prompt_tokens, response.usage.completion_tokens)
         return response
 

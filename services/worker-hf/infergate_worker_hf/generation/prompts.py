@@ -30,6 +30,16 @@ def eos_token_ids(loaded: LoadedModel) -> frozenset[int]:
     return frozenset(found)
 
 
+def logits_width(loaded: LoadedModel) -> int:
+    """How many token ids the model scores (its vocabulary, which may be
+    larger than the tokenizer's)."""
+    getter = getattr(loaded.model, "get_output_embeddings", None)
+    weight = getattr(getter() if getter is not None else None, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    return int(getattr(loaded.config, "vocab_size", None) or len(loaded.tokenizer))
+
+
 def check_token_ids(ids: list[int], vocab_size: int) -> None:
     bad = [token for token in ids if token < 0 or token >= vocab_size]
     if bad:
@@ -92,7 +102,11 @@ def prepare_prompt(
         )
     tokenizer = loaded.tokenizer
     if request.messages is not None:
-        prompt_text = render_chat(request.messages)
+        prompt_text = render_chat(
+            request.messages,
+            tools=request.tools,
+            tools_required=request.effective_tool_choice == "auto",
+        )
         # The chat template already holds the special tokens it wants.
         ids = encode_text(prompt_text, add_special_tokens=False)
     elif isinstance(request.prompt, str):

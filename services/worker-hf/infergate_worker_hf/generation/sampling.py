@@ -3,8 +3,11 @@
 Each row has its own parameters and its own ``torch.Generator``, so a seeded
 request draws the same tokens whether it runs alone or inside a batch.
 Penalties follow OpenAI: ``logit -= count * frequency + (count > 0) * presence``
-over the tokens generated so far. Log probabilities are those of the model
-(before penalties, temperature and truncation), as OpenAI reports them.
+over the tokens generated so far; ``logit_bias`` adds each row's own biases
+to its logits after them (so +100 makes a token all but certain, -100 bans
+it), for every row of a continuous batch independently. Log probabilities
+are those of the model (before penalties, biases, temperature and
+truncation), as OpenAI reports them.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class RowSampler:
     generator: torch.Generator
     # Token -> times generated, only kept when a penalty applies.
     counts: dict[int, int] = field(default_factory=dict)
+    # logit_bias as (token ids, biases) tensors, built on first use per device.
+    _bias: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def greedy(self) -> bool:
@@ -51,6 +56,19 @@ class RowSampler:
     @property
     def truncates(self) -> bool:
         return self.params.top_p < 1.0 or self.params.top_k > 1
+
+    @property
+    def biased(self) -> bool:
+        return bool(self.params.logit_bias)
+
+    def bias_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._bias is None or self._bias[0].device != device:
+            bias = self.params.logit_bias or {}
+            self._bias = (
+                torch.tensor(list(bias), dtype=torch.long, device=device),
+                torch.tensor(list(bias.values()), dtype=torch.float32, device=device),
+            )
+        return self._bias
 
     def record(self, token: int) -> None:
         if self.penalised:
@@ -77,6 +95,20 @@ def _apply_penalties(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tens
         counts = torch.tensor(list(row.counts.values()), device=logits.device, dtype=logits.dtype)
         penalty = counts * row.params.frequency_penalty + row.params.presence_penalty
         logits[i].index_add_(0, ids, -penalty)
+    return logits
+
+
+def _apply_bias(logits: torch.Tensor, rows: list[RowSampler], fresh: bool) -> torch.Tensor:
+    """Each row's ``logit_bias`` added to its own logits (``fresh``: the
+    tensor is already a copy that may be changed in place)."""
+    biased = [(i, row) for i, row in enumerate(rows) if row.biased]
+    if not biased:
+        return logits
+    if not fresh:
+        logits = logits.clone()
+    for i, row in biased:
+        ids, values = row.bias_tensors(logits.device)
+        logits[i].index_add_(0, ids, values.to(logits.dtype))
     return logits
 
 
@@ -114,6 +146,7 @@ def sample(logits: torch.Tensor, rows: list[RowSampler], logprobs: list[int | No
     logits = logits.float()
     tokens = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
     adjusted = _apply_penalties(logits, rows)
+    adjusted = _apply_bias(adjusted, rows, fresh=adjusted is not logits)
     greedy = [i for i, row in enumerate(rows) if row.greedy]
     if greedy:
         index = torch.tensor(greedy, device=logits.device)

@@ -24,6 +24,7 @@ from infergate_common import worker_metrics
 from infergate_common.errors import InfergateError, ServiceUnavailable
 from infergate_common.worker_api import TokenLogprob, TopLogprob
 
+from .constraints import mask_logits
 from .detokenizer import IncrementalDetokenizer, TokenTexts
 from .runners import BatchRunner, Prefilled
 from .sampling import TokenChoice, prompt_logprobs, sample
@@ -229,6 +230,8 @@ class Scheduler:
     # ------------------------------------------------------------- helpers
 
     def _sample(self, rows: list[ChoiceState], logits: torch.Tensor) -> list[TokenChoice]:
+        if any(row.constraint is not None for row in rows):
+            logits = mask_logits(logits, [row.constraint for row in rows])
         return sample(
             logits,
             [row.sampler for row in rows],

@@ -1,7 +1,10 @@
 """OpenAI request and response shapes.
 
 Requests accept unknown fields (clients send new ones all the time) but
-reject wrong types and out-of-range values, with KServe's ranges.
+reject wrong types and out-of-range values, with KServe's ranges; the
+parameters OpenAI defines that infergate does not honour are refused by
+name (:mod:`.unsupported`), and the configurable bounds are checked by
+:mod:`infergate_router.limits`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infergate_common.worker_api import ChatMessage
+from infergate_common.limits import SEED_MAX, SEED_MIN
+from infergate_common.worker_api import ChatMessage, ResponseFormat, ToolChoice, ToolSpec
 
 # ------------------------------------------------------------------ requests
 
@@ -29,7 +33,9 @@ class _Sampling(_Request):
     temperature: float | None = Field(1.0, ge=0.0, le=2.0)
     top_p: float | None = Field(1.0, ge=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    # Token id (a string, as JSON keys are) -> bias added to its logit.
+    logit_bias: dict[str, float] | None = None
     presence_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
     stream: bool | None = False
@@ -44,7 +50,7 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     # Explicit null: up to the context length.
     max_tokens: int | None = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=5)
+    logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool | None = False
 
 
@@ -54,6 +60,11 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Tools and structured outputs (docs/tools.md).
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
 
 class EmbeddingRequest(_Request):
@@ -118,9 +129,22 @@ class ChatLogprobs(BaseModel):
     content: list[ChatTokenLogprob] | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ChatToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    # null when the answer is only tool calls.
+    content: str | None
+    tool_calls: list[ChatToolCall] | None = Field(None, exclude_if=lambda calls: not calls)
 
 
 class ChatChoice(BaseModel):

@@ -9,7 +9,7 @@ import time
 from flask import Blueprint, Response, request
 from pydantic import BaseModel
 
-from infergate_common.errors import InfergateError, InvalidRequest, NotFound
+from infergate_common.errors import InfergateError, InvalidRequest, NotFound, Overloaded
 from infergate_common.registry_api import ModelRecord
 from infergate_common.worker_api import (
     DetokenizeRequest,
@@ -19,9 +19,12 @@ from infergate_common.worker_api import (
     GenerateResponse,
 )
 
+from ... import limits
+from ...client_watch import client_watch
 from ...services import services
 from ..edge import ENTRY_ID, parse_body, reachable_models, ready, request_id, resolve_model, run_all
 from ..streaming import replay_response, stream_response
+from . import unsupported
 from .models import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -35,15 +38,18 @@ from .models import (
 from .streaming import ChatStream, CompletionStream
 from .translate import (
     chat_completion,
+    chat_generate_request,
     chat_params,
     completion,
     completion_params,
     completion_prompts,
+    embedding_inputs,
     embeddings,
     require_chat,
     require_embeddings,
     require_generative,
 )
+from .unsupported import refuse_unsupported
 
 blueprint = Blueprint("openai", __name__, url_prefix="/openai/v1")
 hints = Blueprint("openai_hints", __name__)
@@ -62,7 +68,9 @@ def render_error(error: InfergateError) -> Response:
     body = ErrorBody(
         error=ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)
     )
-    return Response(body.model_dump_json(), status=error.status, mimetype="application/json")
+    # OpenAI clients back off and retry on 429; KServe's answer to the same is 503.
+    status = 429 if isinstance(error, Overloaded) else error.status
+    return Response(body.model_dump_json(), status=status, mimetype="application/json")
 
 
 def _json(model: BaseModel) -> Response:
@@ -94,7 +102,7 @@ def get_model(name: str) -> Response:
 
 def _generate(model: ModelRecord, req: GenerateRequest) -> GenerateResponse:
     svc = services()
-    response = svc.dispatcher.call(model, lambda url: svc.workers.generate(url, req))
+    response = svc.dispatcher.generate(model, req, client_watch(request.environ))
     svc.metrics.tokens(model.name, response.usage.prompt_tokens, response.usage.completion_tokens)
     return response
 
@@ -102,10 +110,14 @@ def _generate(model: ModelRecord, req: GenerateRequest) -> GenerateResponse:
 @blueprint.post("/completions")
 def completions() -> Response:
     body = parse_body(CompletionRequest)
+    refuse_unsupported(body, unsupported.COMPLETIONS)
     model = resolve_model(body.model)
     require_generative(model, "/completions")
+    limits.check_logprobs(body.logprobs, "logprobs")
     params = completion_params(body, model)
+    limits.check_generation(params, model)
     prompts = completion_prompts(body.prompt)
+    limits.check_prompts(len(prompts))
     rid = request_id()
     created = int(time.time())
     ids = [rid] if len(prompts) == 1 else [f"{rid}-{i}" for i in range(len(prompts))]
@@ -129,12 +141,15 @@ def completions() -> Response:
 @blueprint.post("/chat/completions")
 def chat_completions() -> Response:
     body = parse_body(ChatCompletionRequest)
+    refuse_unsupported(body, unsupported.CHAT)
     model = resolve_model(body.model)
     require_chat(model)
+    limits.check_logprobs(body.top_logprobs, "top_logprobs")
     params = chat_params(body)
+    limits.check_generation(params, model)
     rid = request_id()
     created = int(time.time())
-    req = GenerateRequest(request_id=rid, messages=body.messages, params=params, stream=bool(body.stream))
+    req = chat_generate_request(rid, body, params)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         formatter = ChatStream(
@@ -182,35 +197,14 @@ def resume_stream(request_id: str) -> Response:
     return replay_response(request_id, note.model, formatter, (last_id or "0-0").strip())
 
 
-def _embedding_inputs(
-    raw: str | list[str] | list[int] | list[list[int]],
-) -> tuple[list[str], list[list[int]]]:
-    """Texts, or token id lists to detokenize first (LangChain sends tokens)."""
-    texts: list[str] = []
-    tokens: list[list[int]] = []
-    if isinstance(raw, str):
-        texts = [raw]
-    elif not raw:
-        raise InvalidRequest("input must not be empty", param="input")
-    elif all(isinstance(item, int) for item in raw):
-        tokens = [[int(item) for item in raw]]  # type: ignore[arg-type]
-    else:
-        for item in raw:
-            if isinstance(item, str):
-                texts.append(item)
-            elif isinstance(item, list):
-                tokens.append([int(i) for i in item])
-    if any(not text for text in texts) or any(not ids for ids in tokens):
-        raise InvalidRequest("input must not contain empty strings or empty token lists", param="input")
-    return texts, tokens
-
-
 @blueprint.post("/embeddings")
 def create_embeddings() -> Response:
     body = parse_body(EmbeddingRequest)
+    refuse_unsupported(body, unsupported.EMBEDDINGS)
     model = resolve_model(body.model)
     require_embeddings(model)
-    texts, tokens = _embedding_inputs(body.input)
+    texts, tokens = embedding_inputs(body.input)
+    limits.check_embedding_inputs(len(texts) + len(tokens))
     svc = services()
     rid = request_id()
 

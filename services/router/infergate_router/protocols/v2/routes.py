@@ -12,11 +12,13 @@ from infergate_common.errors import InfergateError, InvalidRequest
 from infergate_common.registry_api import ModelRecord
 from infergate_common.worker_api import Task
 
-from ... import __version__
+from ... import __version__, limits
 from ...services import services
-from .. import kserve
+from .. import kserve, tabular
 from ..edge import parse_body, reachable_models, ready, request_id, resolve_model
+from . import binary
 from .models import (
+    InferInput,
     InferOutput,
     InferRequest,
     InferResponse,
@@ -37,6 +39,7 @@ _OUTPUT_TYPES = {
     Task.TEXT_EMBEDDING: ("FP32", [-1, -1]),
     Task.TEXT_GENERATION: ("BYTES", [-1]),
     Task.TEXT2TEXT_GENERATION: ("BYTES", [-1]),
+    Task.TABULAR: ("FP32", [-1]),
 }
 
 
@@ -73,6 +76,8 @@ def server_ready() -> Response:
 @blueprint.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None) -> Response:
     model = resolve_model(name)
+    if model.task == Task.TABULAR:
+        return _json(_tabular_metadata(model))
     datatype, shape = _OUTPUT_TYPES[model.task]
     return _json(
         ModelMetadata(
@@ -85,6 +90,23 @@ def model_metadata(name: str, version: str | None = None) -> Response:
     )
 
 
+def _tabular_metadata(model: ModelRecord) -> ModelMetadata:
+    """Inputs and outputs from the schema the worker registered."""
+    schema = tabular.schema(model)
+    features = schema.n_features if schema else -1
+    outputs = [TensorMetadata(name="output-0", datatype="FP32", shape=[-1])]
+    if schema is not None:
+        shape = [-1] if schema.outputs == 1 else [-1, schema.outputs]
+        outputs = [TensorMetadata(name="output-0", datatype=schema.output_datatype, shape=shape)]
+    return ModelMetadata(
+        name=model.name,
+        versions=[model.revision] if model.revision else [],
+        platform=f"infergate/{model.backend.value}",
+        inputs=[TensorMetadata(name="input-0", datatype="FP32", shape=[-1, features])],
+        outputs=outputs,
+    )
+
+
 @blueprint.get("/models/<name>/ready")
 @blueprint.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None) -> Response:
@@ -94,12 +116,10 @@ def model_ready(name: str, version: str | None = None) -> Response:
 
 
 def _flatten(values: list[Any]) -> list[Any]:
-    flat: list[Any] = []
-    for value in values:
-        if isinstance(value, list):
-            flat.extend(_flatten(value))
-        else:
-            flat.append(value)
+    """Nested tensor data in row-major order, level by level (no recursion)."""
+    flat = values
+    while any(isinstance(value, list) for value in flat):
+        flat = [item for value in flat for item in (value if isinstance(value, list) else [value])]
     return flat
 
 
@@ -111,16 +131,44 @@ def _shape(values: Any) -> list[int]:
     return shape
 
 
-def _input_texts(body: InferRequest) -> list[str]:
-    tensor = body.inputs[0]
-    if tensor.datatype.upper() != "BYTES":
-        raise InvalidRequest(f"input {tensor.name} must have datatype BYTES, not {tensor.datatype}")
-    data = _flatten(tensor.data)
+def _elements(tensor: InferInput) -> int:
+    """The element count the shape declares; a negative dimension is a 400."""
+    if any(dim < 0 for dim in tensor.shape):
+        raise InvalidRequest(f"input {tensor.name}: shape {tensor.shape} has a negative dimension")
     count = 1
     for dim in tensor.shape:
         count *= dim
-    if count != len(data):
+    return count
+
+
+def _check_layout(tensor: InferInput, count: int) -> list[Any]:
+    """The data, flat, once it agrees with the shape: flat data of the
+    declared size, or nested data whose every level has the declared length."""
+    data = tensor.data
+    if any(isinstance(item, list) for item in data):
+        level: list[Any] = [data]
+        for depth, dim in enumerate(tensor.shape):
+            if any(not isinstance(node, list) or len(node) != dim for node in level):
+                raise InvalidRequest(
+                    f"input {tensor.name}: nested data does not have shape {tensor.shape} "
+                    f"(dimension {depth} differs)"
+                )
+            level = [item for node in level for item in node]
+        if any(isinstance(node, list) for node in level):
+            raise InvalidRequest(f"input {tensor.name}: data nests deeper than shape {tensor.shape}")
+        data = level
+    if len(data) != count:
         raise InvalidRequest(f"input {tensor.name} has shape {tensor.shape} but {len(data)} elements")
+    return data
+
+
+def _input_texts(body: InferRequest) -> list[str]:
+    counts = [_elements(tensor) for tensor in body.inputs]
+    limits.check_v2_elements(sum(counts))
+    tensor = body.inputs[0]
+    if tensor.datatype.upper() != "BYTES":
+        raise InvalidRequest(f"input {tensor.name} must have datatype BYTES, not {tensor.datatype}")
+    data = _check_layout(tensor, counts[0])
     if not data:
         raise InvalidRequest(f"input {tensor.name} is empty")
     if not all(isinstance(item, str) for item in data):
@@ -128,7 +176,27 @@ def _input_texts(body: InferRequest) -> list[str]:
     return data
 
 
+def _infer_tabular(model: ModelRecord, body: InferRequest) -> InferResponse:
+    if len(body.inputs) != 1:
+        raise InvalidRequest(
+            f"a tabular model takes one input tensor of shape [rows, features], got {len(body.inputs)}"
+        )
+    tensor = body.inputs[0]
+    params = kserve.parameters(body.parameters).merged(
+        kserve.parameters(tensor.parameters, "inputs.0.parameters")
+    )
+    shape, data = tabular.v2_rows(tensor.name, tensor.datatype, tensor.shape, tensor.data)
+    rid = request_id()
+    result = tabular.predict(model, rid, shape, data, params.predict_proba, params.raw_margin)
+    output = InferOutput(
+        name="output-0", shape=result.shape, datatype=result.datatype, data=_flatten(result.predictions)
+    )
+    return InferResponse(model_name=model.name, id=body.id or rid, outputs=[output])
+
+
 def _infer(model: ModelRecord, body: InferRequest) -> InferResponse:
+    if model.task == Task.TABULAR:
+        return _infer_tabular(model, body)
     texts = _input_texts(body)
     params = kserve.parameters(body.parameters).merged(
         kserve.parameters(body.inputs[0].parameters, "inputs.0.parameters")
@@ -136,7 +204,8 @@ def _infer(model: ModelRecord, body: InferRequest) -> InferResponse:
     rid = request_id()
     if model.task.generative:
         items = [kserve.Prompt(prompt=text) for text in texts]
-        responses = kserve.generate_all(model, kserve.generate_requests(rid, items, params, stream=False))
+        requests = kserve.generate_requests(model, rid, items, params, stream=False)
+        responses = kserve.generate_all(model, requests)
         generated = [choice.text for response in responses for choice in response.choices]
         shape = (
             [len(responses)]
@@ -169,6 +238,6 @@ def _infer(model: ModelRecord, body: InferRequest) -> InferResponse:
 @blueprint.post("/models/<name>/infer")
 @blueprint.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
-    body = parse_body(InferRequest)
+    body = binary.parse_binary_request() if binary.has_binary_data() else parse_body(InferRequest)
     model = resolve_model(name)
     return _json(_infer(model, body))
