@@ -38,7 +38,7 @@ elif [ "$BACKEND" = auto ] && [ -n "${MODEL_ID:-}" ]; then
             fi
             ;;
         *)
-            say "BACKEND=auto: transformers serves ${MODEL_ID}: ${hint#huggingface: }"
+            say "BACKEND=auto: not vLLM for ${MODEL_ID}: ${hint#huggingface: }"
             export INFERGATE_STACK_NO_VLLM=1
             ;;
     esac

@@ -61,7 +61,8 @@ def test_example_serves_model_ubj_from_the_claim(example_worker: Manifest, chart
     assert volume["persistentVolumeClaim"] == {"claimName": "fraud-model", "readOnly": True}
     mount = next(m for m in spec["volumeMounts"] if m["name"] == "model")
     assert mount == {"name": "model", "mountPath": "/mnt/models", "readOnly": True}
-    assert spec["resources"]["requests"] == {"cpu": "2", "memory": "1Gi"}
+    # ephemeral-storage: the runtime's emptyDir cache, asked for.
+    assert spec["resources"]["requests"] == {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "2Gi"}
     assert example_worker["spec"]["replicas"] == 2
     # The language model beside it keeps its own runtime.
     minilm = chart.render(files=(example("xgboost-ubj"),)).one("Deployment", chart.name("worker-minilm"))
@@ -72,7 +73,10 @@ def test_runtime_defaults_apply(chart: Chart) -> None:
     values = {"models": {"t": {"runtime": "tabular", "storage": {"hostPath": "/srv/models/t"}}}}
     worker = chart.render(values).one("Deployment", chart.name("worker-t"))
     spec = container(worker)
-    assert spec["resources"] == {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+    assert spec["resources"] == {
+        "requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "2Gi"},
+        "limits": {"memory": "2Gi"},
+    }
     assert spec["startupProbe"]["periodSeconds"] * spec["startupProbe"]["failureThreshold"] == 300
     assert "tolerations" not in worker["spec"]["template"]["spec"]
     runtime_args = {"models": values["models"], "runtimes": {"tabular": {"args": ["--nthread=4"]}}}
@@ -103,7 +107,7 @@ def test_image_runs_what_the_chart_runs(example_worker: Manifest) -> None:
     steps = instructions(ROOT / "services" / "worker-tabular" / "Dockerfile")
     keyed = dict(steps)
     spec = container(example_worker)
-    assert steps[0] == ("FROM", "python:3.11-slim")
+    assert steps[0] == ("FROM", "python:3.11-slim-bookworm")
     assert json.loads(keyed["ENTRYPOINT"]) == spec["command"]
     assert keyed["USER"] == str(example_worker["spec"]["template"]["spec"]["securityContext"]["runAsUser"])
     assert int(keyed["EXPOSE"]) == spec["ports"][0]["containerPort"]

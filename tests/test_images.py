@@ -128,7 +128,7 @@ def dockerfile_problems(text: str, locks: dict[str, tuple[dict[str, str], str]])
             packages = [p for p in packages if p not in skip]
             own = [p for p in packages if p.startswith("./services/")]
             named = [p for p in packages if p not in own]
-            if own and "--no-deps" not in words and constraint is None:
+            if own and "--no-deps" not in words and not (constraint or "").startswith("ci/locks/"):
                 problems.append(f"pip install {' '.join(own)} without --no-deps or a lock as constraints")
             if not named:
                 continue
@@ -271,6 +271,10 @@ BROKEN = {
     "own packages with their dependencies unpinned": (
         "FROM python:3.11-slim\nRUN pip install ./services/router\nUSER 10001\n",
         "without --no-deps",
+    ),
+    "own packages constrained by the direct pins only": (
+        "FROM python:3.11-slim\nRUN pip install -c ci/requirements.txt ./services/router\nUSER 10001\n",
+        "without --no-deps or a lock",
     ),
 }
 

@@ -279,6 +279,7 @@ extraVolumeMounts, initContainers) are the runtime's followed by the model's. */
 {{- $_ := set $merged "drainSeconds" (int ($merged.drainSeconds | default 60)) }}
 {{- $cache := $merged.cache }}
 {{- $_ := set $cache "type" ($cache.type | default "emptyDir") }}
+{{- $_ := set $cache "size" ($cache.size | default "20Gi") }}
 {{- /* An emptyDir cache counts against the node's ephemeral storage: ask for it, so the pod lands where it fits. */}}
 {{- if eq $cache.type "emptyDir" }}
 {{- $requests := $merged.resources.requests | default dict }}
