@@ -34,7 +34,7 @@ def llm(stack: Stack, tools_model: str) -> OpenAILike:
         is_chat_model=True,
         is_function_calling_model=True,
         context_window=1024,
-        max_tokens=48,
+        max_tokens=128,
         timeout=120,
         max_retries=0,
         additional_kwargs={"seed": 5},

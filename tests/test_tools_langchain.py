@@ -42,7 +42,7 @@ def llm(stack: Stack, tools_model: str) -> ChatOpenAI:
         base_url=stack.openai_url,
         api_key="unused",  # type: ignore[arg-type]
         model=tools_model,
-        max_tokens=120,  # type: ignore[call-arg]
+        max_tokens=200,  # type: ignore[call-arg]
         seed=3,
         timeout=120,
         max_retries=0,
