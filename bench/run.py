@@ -37,6 +37,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "memory": ("bench.scenarios.memory", True),
     "batching": ("bench.scenarios.batching", True),
     "startup": ("bench.scenarios.startup", True),
+    "structured": ("bench.scenarios.structured", True),
     "vllm": ("bench.scenarios.vllm_compare", False),
 }
 
