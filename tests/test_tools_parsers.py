@@ -136,3 +136,56 @@ def test_parser_by_family_and_flag() -> None:
     assert parser_name_for("llama", "hermes") == "hermes"
     with pytest.raises(ValueError, match="unknown tool call parser"):
         parser_name_for("llama", "nonsense")
+
+
+def test_router_chunks_a_call_as_openai_streams_it() -> None:
+    """One worker delta with a whole call becomes two chunks: id, type and
+    name with empty arguments, then the arguments; a second call's header
+    may share the chunk of the first call's arguments."""
+    from infergate_common.worker_api import ToolCallDelta
+    from infergate_router.protocols.openai.translate import tool_call_chunks, tool_call_deltas
+
+    deltas = [
+        ToolCallDelta(index=0, id="call_a", name="f", arguments='{"x": 1}'),
+        ToolCallDelta(index=1, id="call_b", name="g", arguments="{}"),
+    ]
+    chunks = [tool_call_deltas(chunk) for chunk in tool_call_chunks(deltas)]
+    assert chunks == [
+        [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}}],
+        [
+            {"index": 0, "function": {"arguments": '{"x": 1}'}},
+            {"index": 1, "id": "call_b", "type": "function", "function": {"name": "g", "arguments": ""}},
+        ],
+        [{"index": 1, "function": {"arguments": "{}"}}],
+    ]
+    for chunk in chunks:
+        assert len({entry["index"] for entry in chunk}) == len(chunk)
+
+
+def test_router_answer_has_null_content_and_tool_calls() -> None:
+    from infergate_common.worker_api import GenerateChoice, GenerateResponse, ToolCall, Usage
+    from infergate_router.protocols.openai.translate import chat_completion
+
+    response = GenerateResponse(
+        request_id="r",
+        choices=[
+            GenerateChoice(
+                index=0,
+                text="",
+                finish_reason="tool_calls",
+                completion_tokens=5,
+                tool_calls=[ToolCall(id="call_a", name="f", arguments="{}")],
+            ),
+            GenerateChoice(index=1, text="hi", finish_reason="stop", completion_tokens=1),
+        ],
+        usage=Usage(prompt_tokens=3, completion_tokens=6, total_tokens=9),
+    )
+    body = json.loads(chat_completion("r", 0, "m", response).model_dump_json())
+    first, second = body["choices"]
+    assert first["finish_reason"] == "tool_calls"
+    assert first["message"] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+    }
+    assert second["message"] == {"role": "assistant", "content": "hi"}
