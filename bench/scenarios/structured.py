@@ -107,7 +107,26 @@ def _compile_times(model_dir: Any) -> list[dict[str, Any]]:
                 "cached_us": round(statistics.median(cached) * 1e6, 1),
             }
         )
+    rows.append(_mask_cost(cache, config.vocab_size))
     return rows
+
+
+def _mask_cost(cache: Any, vocab_size: int) -> dict[str, Any]:
+    """The per-step cost of the constraint for a batch of 8 constrained rows:
+    fill each row's bitmask and mask the logits (what the scheduler adds)."""
+    import torch
+
+    from infergate_worker_hf.generation.constraints import ConstraintSpec, TokenConstraint, mask_logits
+
+    grammar = cache.compiled(ConstraintSpec(LONG_SCHEMA, "response_format"))
+    constraints: list[TokenConstraint | None] = [TokenConstraint(grammar) for _ in range(STREAMS)]
+    logits = torch.randn(STREAMS, vocab_size)
+    times = []
+    for _ in range(200):
+        started = time.perf_counter()
+        mask_logits(logits.clone(), constraints)
+        times.append(time.perf_counter() - started)
+    return {"schema": f"mask {STREAMS} rows, one step", "cached_us": round(statistics.median(times) * 1e6, 1)}
 
 
 def run(ctx: Context) -> ScenarioResult:
