@@ -80,6 +80,8 @@ class _RouterChatModelTests(ChatModelIntegrationTests):
             "base_url": self.base_url,
             "api_key": "unused",
             "seed": 1,
+            # Short answers keep the suite quick on the CPU.
+            "max_tokens": 64,
             "max_retries": 0,
             "timeout": 120,
             "stream_usage": True,
