@@ -24,7 +24,9 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 PICKS_ARGUMENT = "random weights: the forced call is valid, but its argument is not the 3 the test asks for"
 # Joke(setup: str, punchline: str) with unbounded strings: a random model
 # rarely closes a string within max_tokens, so the JSON is cut off.
-UNBOUNDED_STRINGS = "random weights: unbounded strings (the Joke schema's, a tool's) may not close within max_tokens"
+UNBOUNDED_STRINGS = (
+    "random weights: unbounded strings (the Joke schema's, a tool's) may not close within max_tokens"
+)
 # tool_choice "any" with parallel calls allowed: the model chooses how many
 # calls to make; the test wants exactly one.
 CHOOSES_COUNT = "random weights: parallel calls are allowed and the model may make more than the one expected"
