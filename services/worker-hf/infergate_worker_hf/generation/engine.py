@@ -48,9 +48,13 @@ class GenerationEngine(HFEngine):
 
     def start(self, loaded: LoadedModel) -> None:
         self.texts = TokenTexts(loaded.tokenizer)
-        self.tool_parser = parser_name_for(
-            getattr(loaded.config, "model_type", None), self.settings.tool_call_parser
-        )
+        family = getattr(loaded.config, "model_type", None)
+        try:
+            self.tool_parser = parser_name_for(family, self.settings.tool_call_parser)
+        except ValueError as exc:
+            # A vLLM parser name reaches worker-hf when the launcher falls back to it.
+            log.warning("%s; reading tool calls as the model family's format", exc)
+            self.tool_parser = parser_name_for(family)
         self.eos_ids = eos_token_ids(loaded)
         self.outbox = StreamOutbox(
             stream_client(self.settings.redis_url),
