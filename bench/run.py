@@ -33,10 +33,14 @@ RESULTS = ROOT / "bench" / "results"
 # Scenario modules in the order they run; (module, runs in the quick set).
 SCENARIOS: dict[str, tuple[str, bool]] = {
     "overhead": ("bench.scenarios.overhead", True),
+    "auth": ("bench.scenarios.auth", True),
     "relay": ("bench.scenarios.relay", True),
     "memory": ("bench.scenarios.memory", True),
+    "routing": ("bench.scenarios.routing", True),
     "batching": ("bench.scenarios.batching", True),
     "startup": ("bench.scenarios.startup", True),
+    "batch": ("bench.scenarios.batch", False),
+    "tabular": ("bench.scenarios.tabular", True),
     "vllm": ("bench.scenarios.vllm_compare", False),
 }
 

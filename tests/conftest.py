@@ -9,6 +9,8 @@ registry, router under gunicorn+gevent), workers on demand, small models.
 * ``tiny_llm`` / ``minilm``: session workers serving those models with worker-hf.
 * ``fresh_stack``: a stack of its own, for tests that break Redis or the router;
   ``one_process_stack``: one whose router runs a single process.
+* ``no_internal_addresses`` (on for every test here): no response body read
+  from a router contains an internal address or secret (``harness.leaks``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import leaks
 from harness.processes import stop_all
 from harness.stack import Stack, Worker
 
@@ -36,6 +39,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 StartWorker = Callable[..., Worker]
+
+LEAK_WATCH = leaks.install()
 
 _STACKS: list[Stack] = []
 
@@ -145,7 +150,10 @@ def worker_hf(name: str, model_dir: Path, *flags: str) -> list[str]:
 def hf_workers(stack: Stack, test_models: Path, minilm_path: Path) -> Iterator[dict[str, Worker]]:
     """worker-hf serving tiny-llm and minilm, loaded side by side."""
     launched = {
-        "tiny-llm": stack.launch_worker("tiny-llm", worker_hf("tiny-llm", test_models / "tiny-llama")),
+        # Its chat template teaches the Hermes tool-call format.
+        "tiny-llm": stack.launch_worker(
+            "tiny-llm", worker_hf("tiny-llm", test_models / "tiny-llama", "--tool_call_parser", "hermes")
+        ),
         "minilm": stack.launch_worker("minilm", worker_hf("minilm", minilm_path)),
     }
     try:
@@ -166,6 +174,18 @@ def minilm(hf_workers: dict[str, Worker]) -> Worker:
     return hf_workers["minilm"]
 
 
+@pytest.fixture(autouse=True)
+def no_internal_addresses() -> Iterator[leaks.LeakWatch]:
+    """Fails the test when a body read from a router held the address of the
+    registry, a worker or Redis, the Redis password or an internal token."""
+    LEAK_WATCH.take()
+    yield LEAK_WATCH
+    found = LEAK_WATCH.take()
+    if found:
+        lines = [f"{leak.url}: {leak.found!r} in ...{leak.excerpt}..." for leak in found]
+        pytest.fail("internal addresses or secrets in client-facing responses:\n" + "\n".join(lines))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
     """A failing test's report carries the tail of every process log."""
@@ -174,3 +194,41 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         for stack in _STACKS:
             report.sections.append((f"stack logs {stack.workdir.name}", stack.logs_tail()))
     return report
+
+
+# ------------------------------------------------------------ tool calling
+
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def vllm_tools(stack: Stack, test_models: Path) -> Iterator[Worker]:
+    """worker-vllm serving tiny-llama as "vllm-tools" (Hermes tool calls), for
+    the tool-calling and structured-output tests of both backends."""
+    if not VLLM_PYTHON.exists():
+        pytest.fail(f"{VLLM_PYTHON} is missing: run ci/setup_vllm.sh")
+    cmd = [
+        str(VLLM_PYTHON), "-m", "infergate_worker_vllm",
+        "--model_name", "vllm-tools", "--model_id", str(test_models / "tiny-llama"),
+        "--tool_call_parser", "hermes", "--max_model_len", "1024",
+        "--kv-cache-memory-bytes", str(128 * 1024 * 1024),
+    ]  # fmt: skip
+    worker = stack.launch_worker("vllm-tools", cmd)
+    try:
+        stack.wait_worker(worker, timeout_s=300)
+        yield worker
+    finally:
+        _stop_and_forget(stack, [worker])
+
+
+@pytest.fixture(
+    scope="session",
+    params=["huggingface", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.slow])],
+)
+def tools_model(request: pytest.FixtureRequest) -> str:
+    """The model name serving tool calls on each backend (tiny-llama both times)."""
+    if request.param == "vllm":
+        request.getfixturevalue("vllm_tools")
+        return "vllm-tools"
+    request.getfixturevalue("tiny_llm")
+    return "tiny-llm"

@@ -121,6 +121,16 @@ class LocalPod:
     workload: Manifest
     container_port: int
     port: int = field(default_factory=free_port)
+    # Every other container port (metrics) -> its own loopback port.
+    other_ports: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for entry in self.spec["ports"]:
+            if int(entry["containerPort"]) != self.container_port:
+                self.other_ports[int(entry["containerPort"])] = free_port()
+
+    def local_port(self, container_port: int) -> int:
+        return self.port if container_port == self.container_port else self.other_ports[container_port]
 
     @property
     def pod_labels(self) -> dict[str, str]:
@@ -142,6 +152,8 @@ class ClusterOnLoopback:
                 doc["metadata"]["name"], doc, int(container(doc)["ports"][0]["containerPort"])
             )
             for doc in manifests.of_kind("Deployment")
+            # Pods without a port (the batch workers) serve nothing to route to.
+            if container(doc).get("ports")
         }
         self.redis_port = redis_port
         # (service name, service port) -> loopback port
@@ -159,17 +171,20 @@ class ClusterOnLoopback:
             pods = [p for p in self.pods.values() if selector.items() <= p.pod_labels.items()]
             assert len(pods) == 1, f"Service {name} selects {len(pods)} Deployments"
             named = {p["name"]: p["containerPort"] for p in pods[0].spec["ports"]}
-            assert named[port["targetPort"]] == pods[0].container_port
-            self.addresses[(name, int(port["port"]))] = pods[0].port
+            self.addresses[(name, int(port["port"]))] = pods[0].local_port(int(named[port["targetPort"]]))
 
     def _rewrite(self, text: str, pod: LocalPod) -> str:
         for (service, service_port), local in self.addresses.items():
             text = re.sub(
-                rf"\b([a-z]+)://{re.escape(service)}:{service_port}\b", rf"\g<1>://127.0.0.1:{local}", text
+                rf"\b([a-z]+)://([^/@\s]*@)?{re.escape(service)}:{service_port}\b",
+                rf"\g<1>://\g<2>127.0.0.1:{local}",
+                text,
             )
-        own = pod.container_port
-        text = re.sub(rf"^(0\.0\.0\.0|{re.escape(POD_IP)}):{own}$", rf"\g<1>:{pod.port}", text)
-        return re.sub(rf"://{re.escape(POD_IP)}:{own}\b", f"://{POD_IP}:{pod.port}", text)
+        for own in (pod.container_port, *pod.other_ports):
+            local = pod.local_port(own)
+            text = re.sub(rf"^(0\.0\.0\.0|{re.escape(POD_IP)}):{own}$", rf"\g<1>:{local}", text)
+            text = re.sub(rf"://{re.escape(POD_IP)}:{own}\b", f"://{POD_IP}:{local}", text)
+        return text
 
     def _lookup(self, kind: str, name: str, key: str) -> str:
         doc = self.manifests.one(kind, name)
@@ -272,7 +287,9 @@ def chart_values(
         "streamPrefix": STREAM_PREFIX,
         # One process each (the defaults are two): the process counts show INFERGATE_WORKERS works.
         "router": {"workers": 1, "apiKeys": [API_KEY], "config": {"heartbeatDeadlineS": 10}},
-        "registry": {"workers": 1},
+        # The local stand-in for the pod IP (127.0.0.2) is not the address the worker's
+        # connections come from, as it would be in a cluster.
+        "registry": {"workers": 1, "checkReplicaAddress": False},
         "models": {
             MODEL: {
                 "runtime": runtime,
@@ -294,7 +311,10 @@ def local_release(
     chart = Chart(helm_binary())
     manifests = chart.render(values)
     (workdir / "redis").mkdir()
-    redis = RedisServer(workdir / "redis").start()
+    # The bundled Redis's password, as the chart generated it.
+    internal = manifests.one("Secret", chart.name("internal"))
+    password = base64.b64decode(internal["data"]["redis-password"]).decode()
+    redis = RedisServer(workdir / "redis", password=password).start()
     cluster = ClusterOnLoopback(manifests, redis.port, workdir)
     processes: dict[str, CleanProcess] = {}
     try:
@@ -501,3 +521,20 @@ def test_notes_curl_commands_answer(listed: LocalRelease) -> None:
         result = subprocess.run(["sh", "-c", local], env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
         assert isinstance(json.loads(result.stdout), dict)
+
+
+def test_metrics_ports_the_chart_declares_serve_prometheus(listed: LocalRelease) -> None:
+    """The router's and the worker's `metrics` container ports (what the
+    ServiceMonitors scrape) serve metrics; the API port does not."""
+    assert openai(listed, "GET", "/models").status_code == 200
+    router = listed.cluster.pods[Chart(helm_binary()).name("router")]
+    named = {p["name"]: int(p["containerPort"]) for p in router.spec["ports"]}
+    text = requests.get(f"http://127.0.0.1:{router.local_port(named['metrics'])}/metrics", timeout=10).text
+    assert 'infergate_router_requests_total{method="GET",route="/openai/v1/models",status="200"}' in text
+    # Not on the API port (401 here: the release requires an API key, and no route would answer).
+    assert requests.get(f"{listed.router_url}/metrics", timeout=10).status_code in (401, 404)
+    worker = listed.worker
+    named = {p["name"]: int(p["containerPort"]) for p in worker.spec["ports"]}
+    text = requests.get(f"http://127.0.0.1:{worker.local_port(named['metrics'])}/metrics", timeout=10).text
+    assert f'infergate_worker_requests_waiting{{model="{MODEL}"}}' in text
+    assert f'infergate_worker_gpu_unusable{{model="{MODEL}"}} 0.0' in text

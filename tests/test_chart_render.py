@@ -142,7 +142,11 @@ def test_one_worker_deployment_and_service_per_model(chart: Chart, two_models: M
 def test_defaults_render_no_worker(chart: Chart) -> None:
     manifests = chart.render()
     assert not [n for n in manifests.names("Deployment") if "-worker-" in n]
-    assert manifests.names("Deployment") == {chart.name("router"), chart.name("registry")}
+    assert manifests.names("Deployment") == {
+        chart.name("router"),
+        chart.name("registry"),
+        chart.name("batch"),
+    }
     assert manifests.names("StatefulSet") == {chart.name("redis")}
 
 
@@ -155,7 +159,13 @@ def test_llama2_example_runs_vllm_with_the_announcement_resources(chart: Chart, 
     assert flag_value(args, "--model_id") == "meta-llama/Llama-2-7b-chat-hf"
     resources = spec["resources"]
     assert resources["limits"] == {"cpu": "6", "memory": "24Gi", "nvidia.com/gpu": 1}
-    assert resources["requests"] == {"cpu": "6", "memory": "24Gi", "nvidia.com/gpu": 1}
+    # The emptyDir model cache's size is asked for as ephemeral storage.
+    assert resources["requests"] == {
+        "cpu": "6",
+        "memory": "24Gi",
+        "nvidia.com/gpu": 1,
+        "ephemeral-storage": "100Gi",
+    }
     token = env_of(spec)["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token == {"name": "hf-token", "key": "HF_TOKEN"}
     assert spec["image"].startswith("ghcr.io/infergate/worker-vllm:")
@@ -183,7 +193,8 @@ def test_worker_reaches_the_registry_and_redis_services_it_names(chart: Chart, t
     )
     # Kubernetes expands $(VAR) from the container's env.
     assert flag_value(args, "--redis_url") == "$(INFERGATE_REDIS_URL)"
-    assert env["INFERGATE_REDIS_URL"]["value"] == f"redis://{redis['metadata']['name']}:6379/0"
+    password = "$(INFERGATE_REDIS_PASSWORD)"
+    assert env["INFERGATE_REDIS_URL"]["value"] == f"redis://:{password}@{redis['metadata']['name']}:6379/0"
     port = spec["ports"][0]["containerPort"]
     assert flag_value(args, "--port") == str(port)
     assert flag_value(args, "--advertise_url") == f"http://$(POD_IP):{port}"
@@ -212,7 +223,11 @@ def test_runtime_defaults_and_model_overrides(chart: Chart) -> None:
     assert auto["args"][-1] == "--enforce-eager"
     assert auto["resources"]["limits"]["nvidia.com/gpu"] == 1
     hf = container(worker(chart, manifests, "hf"))
-    assert hf["resources"] == {"limits": {"cpu": "2"}}
+    # Merged key by key over the runtime's defaults.
+    assert hf["resources"] == {
+        "limits": {"cpu": "2", "memory": "8Gi"},
+        "requests": {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "20Gi"},
+    }
     assert "--enforce-eager" not in hf["args"]
 
 
@@ -261,7 +276,13 @@ def test_update_strategy_passes_through(chart: Chart) -> None:
         {"models": {"a": {"modelId": "org/a", "strategy": strategy}, "b": {"modelId": "org/b"}}}
     )
     assert worker(chart, manifests, "a")["spec"]["strategy"] == strategy
-    assert "strategy" not in worker(chart, manifests, "b")["spec"]
+    # b asks for the vLLM runtime's GPU: no surge pod, which would wait for a free GPU.
+    assert worker(chart, manifests, "b")["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    cpu = chart.render({"models": {"c": {"runtime": "huggingface", "modelId": "org/c"}}})
+    assert "strategy" not in worker(chart, cpu, "c")["spec"]
 
 
 def test_gpu_models_tolerate_the_gpu_taint(chart: Chart, llama2: Manifests) -> None:
@@ -307,6 +328,23 @@ def test_workers_register_their_domains_hosts_and_restriction(chart: Chart, two_
     assert "--hosts" not in minilm
 
 
+def test_routing_policy_reaches_the_worker_and_bad_ones_are_refused(chart: Chart) -> None:
+    manifests = chart.render(
+        {
+            "models": {
+                "chat": {"modelId": "org/a", "routingPolicy": "prefix_aware"},
+                "plain": {"modelId": "org/b"},
+            }
+        }
+    )
+    assert (
+        flag_value(container(worker(chart, manifests, "chat"))["args"], "--routing_policy") == "prefix_aware"
+    )
+    assert "--routing_policy" not in container(worker(chart, manifests, "plain"))["args"]
+    with pytest.raises(RenderFailed, match="routingPolicy"):
+        chart.render({"models": {"chat": {"modelId": "org/a", "routingPolicy": "round_robin"}}})
+
+
 def test_ingress_without_router_host_catches_the_rest(chart: Chart) -> None:
     manifests = chart.render({"domains": ["example.com"], "models": {"m": {"modelId": "org/m"}}})
     rules = manifests.one("Ingress", chart.name("router"))["spec"]["rules"]
@@ -346,7 +384,7 @@ def test_addon_resources_render_only_when_their_api_is_present(chart: Chart) -> 
     full = chart.render(values, *api_args(*ADDON_APIS))
     monitor = full.one("ServiceMonitor", chart.name("router"))
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     scaled = full.one("ScaledObject", chart.name("worker-m"))
     assert scaled["spec"]["scaleTargetRef"]["name"] == chart.name("worker-m")
     assert scaled["spec"]["maxReplicaCount"] == 4
@@ -386,8 +424,10 @@ def test_horizontal_pod_autoscaler_per_model(chart: Chart) -> None:
 
 
 def test_network_policies_only_when_enabled(chart: Chart, two_models: Manifests) -> None:
-    assert "NetworkPolicy" not in two_models.kinds()
-    on = chart.render({"networkPolicy": {"enabled": True}}, files=(example("two-models-two-domains"),))
+    off = chart.render({"networkPolicy": {"enabled": False}}, files=(example("two-models-two-domains"),))
+    assert "NetworkPolicy" not in off.kinds()
+    # On by default.
+    on = two_models
     workers_policy = on.one("NetworkPolicy", chart.name("worker"))
     allowed = workers_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert allowed["app.kubernetes.io/component"] == "router"

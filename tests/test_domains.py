@@ -56,6 +56,7 @@ def test_domains_set_in_the_registry_reach_the_router_at_once(stack: Stack, null
     response = requests.put(
         f"{stack.registry_url}/registry/models/dom-later/domains",
         json={"domains": ["late.test"], "hosts": ["chat.late.test"], "restricted": True},
+        headers=stack.internal_headers(),
         timeout=10,
     )
     assert response.status_code == 200

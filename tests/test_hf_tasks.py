@@ -44,7 +44,7 @@ def encoders(stack: Stack, test_models: Path) -> Iterator[dict[str, Worker]]:
 
 def direct_encode(worker: Worker, inputs: list[str], **flags: Any) -> dict[str, Any]:
     body = {"request_id": uuid.uuid4().hex, "inputs": inputs, **flags}
-    response = requests.post(f"{worker.url}/encode", json=body, timeout=30)
+    response = requests.post(f"{worker.url}/encode", json=body, headers=worker.headers, timeout=30)
     assert response.status_code == 200, response.text
     return dict(response.json())
 

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +26,9 @@ pytestmark = pytest.mark.slow
 
 
 class LocalStack:
-    def __init__(self, workdir: Path) -> None:
-        self.ports = {name: free_port() for name in ("PORT", "REDIS_PORT", "REGISTRY_PORT")}
+    def __init__(self, workdir: Path, script: str = "stack.sh", **settings: str) -> None:
+        """``settings``: MODEL_ID and the like, as a user sets them (none: the default models)."""
+        self.ports = {name: free_port() for name in ("PORT", "METRICS_PORT", "REDIS_PORT", "REGISTRY_PORT")}
         # Two consecutive free ports for the two workers.
         self.ports["WORKER_PORT"] = _free_pair()
         self.url = f"http://127.0.0.1:{self.ports['PORT']}"
@@ -38,10 +40,11 @@ class LocalStack:
         }
         for name in ("MODEL_ID", "MODEL_NAME", "TASK", "BACKEND"):
             env.pop(name, None)
+        env.update(settings)
         env["OMP_NUM_THREADS"] = "1"
         self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            ["bash", str(ROOT / "ci" / "stack.sh")],
+            ["bash", str(ROOT / "ci" / script)],
             cwd=ROOT,
             env=env,
             stdout=self._out,
@@ -191,9 +194,44 @@ def test_banner_curl_commands_work(local_stack: LocalStack) -> None:
         assert done.stdout.strip()
 
 
+def test_batch_round_trip_with_the_sdk(local_stack: LocalStack) -> None:
+    """The README's Batch API example against the local stack's Celery worker."""
+    import io
+    import json
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{local_stack.url}/openai/v1", api_key="unused")
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    lines = [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        for i in range(3)
+    ]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    file = client.files.create(file=("requests.jsonl", io.BytesIO(content)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 120
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.5)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.output_file_id, batch
+    output = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    assert sorted(line["custom_id"] for line in output) == ["r0", "r1", "r2"]
+    assert all(line["response"]["status_code"] == 200 for line in output)
+
+
+def test_router_metrics_on_the_metrics_port(local_stack: LocalStack) -> None:
+    assert requests.get(f"{local_stack.url}/", timeout=10).ok
+    text = requests.get(f"http://127.0.0.1:{local_stack.ports['METRICS_PORT']}/metrics", timeout=10).text
+    assert 'infergate_router_requests_total{method="GET",route="/",status="200"}' in text
+
+
 def test_ctrl_c_stops_everything(local_stack: LocalStack) -> None:
     children = local_stack.children()
-    assert len(children) == 6  # redis, registry, router, two workers, the banner
+    assert len(children) == 7  # redis, registry, router, the batch worker, two workers, the banner
     assert local_stack.interrupt() in (0, 130, -signal.SIGINT)
     for name, port in local_stack.ports.items():
         assert _port_free(port), f"{name} {port} still bound after Ctrl-C"
@@ -201,3 +239,40 @@ def test_ctrl_c_stops_everything(local_stack: LocalStack) -> None:
     for pid in children:
         found = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
         assert found == [], f"processes left in the group of {pid}: {found}"
+
+
+def test_backend_hint_says_vllm_for_a_llama_and_why_not_for_a_classifier(test_models: Path) -> None:
+    def hint(model: Path) -> str:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "ci" / "backend_hint.py"), str(model)],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        return done.stdout.strip().splitlines()[-1]
+
+    assert hint(test_models / "tiny-llama") == "vllm: LlamaForCausalLM is a text generation model"
+    assert hint(test_models / "tiny-bert-classifier").startswith(
+        "huggingface: its task is sequence_classification"
+    )
+
+
+@pytest.mark.vllm
+def test_make_run_auto_serves_a_llama_folder_on_vllm(
+    tmp_path_factory: pytest.TempPathFactory, test_models: Path
+) -> None:
+    """`make run MODEL_ID=<a Llama folder>` (BACKEND=auto): ci/run.sh, then the
+    worker-vllm launcher, which chooses vLLM; the banner says so."""
+    if not (ROOT / ".venv-vllm" / ".infergate-stamp").exists():
+        pytest.fail(".venv-vllm is missing: ci/test.sh builds it (ci/setup_vllm.sh)")
+    stack = LocalStack(
+        tmp_path_factory.mktemp("local-stack-vllm"),
+        "run.sh",
+        MODEL_ID=str(test_models / "tiny-llama"),
+        MODEL_NAME="llama-folder",
+    )
+    try:
+        banner = stack.wait_for_banner(timeout_s=420)
+        assert "llama-folder: text_generation on vllm" in banner, banner[-3000:]
+        models = requests.get(f"{stack.url}/openai/v1/models", timeout=10).json()["data"]
+        assert [(m["id"], m["backend"]) for m in models] == [("llama-folder", "vllm")]
+    finally:
+        stack.kill()

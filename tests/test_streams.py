@@ -153,9 +153,14 @@ def test_client_disconnect_frees_the_worker_slot_within_a_second(
     final = _final_event(client, key)
     assert final["event"] == "done"
     assert set(json.loads(final["data"])["finish_reasons"].values()) == {"abort"}
-    # Nothing is written after the end.
+    # Nothing is written after the end: once the worker holds nothing, the
+    # stream has its final length.
     length = client.xlen(key)
-    time.sleep(0.2)
+    worker_url = next(w.url for w in stack.workers if w.name == "null-disconnect")
+    deadline = time.monotonic() + 5
+    while requests.get(f"{worker_url}/info", timeout=2).json()["extra"]["held"]:
+        assert time.monotonic() < deadline, "the worker still holds the cancelled stream"
+        time.sleep(0.02)
     assert client.xlen(key) == length
 
 

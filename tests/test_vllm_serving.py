@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -18,6 +19,8 @@ from typing import Any
 import openai
 import pytest
 import requests
+from harness.abandon import abandon_streams
+from harness.ports import free_port
 from harness.stack import Stack, Worker
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -30,6 +33,8 @@ NAME = "vllm-llama"
 MAX_MODEL_LEN = 8192
 # An explicit KV cache skips vLLM's memory profiling on the CPU (faster start, less memory).
 KV_CACHE_BYTES = str(256 * 1024 * 1024)
+# The worker's Prometheus metrics port.
+METRICS_PORT = free_port()
 
 
 def vllm_worker_cmd(name: str, model_dir: Path, *flags: str) -> list[str]:
@@ -46,7 +51,7 @@ def vllm_llama(stack: Stack, test_models: Path) -> Iterator[Worker]:
     cmd = vllm_worker_cmd(
         NAME, test_models / "tiny-llama",
         "--max_model_len", str(MAX_MODEL_LEN), "--kv-cache-memory-bytes", KV_CACHE_BYTES,
-        "--exit_after_engine_death_s", "3",
+        "--exit_after_engine_death_s", "3", "--metrics_bind", f"127.0.0.1:{METRICS_PORT}",
     )  # fmt: skip
     worker = stack.start_worker(NAME, cmd, env={"ALLOW_LONG_MAX_MODEL_LEN": "1"}, timeout_s=300)
     yield worker
@@ -59,7 +64,9 @@ def client(stack: Stack, vllm_llama: Worker) -> openai.OpenAI:
 
 
 def prompt_tokens(worker: Worker, prompt: str) -> int:
-    response = requests.post(f"{worker.url}/tokenize", json={"prompt": prompt}, timeout=10)
+    response = requests.post(
+        f"{worker.url}/tokenize", json={"prompt": prompt}, headers=worker.headers, timeout=10
+    )
     response.raise_for_status()
     return int(response.json()["count"])
 
@@ -270,18 +277,38 @@ def test_chat_plain_and_streamed(client: openai.OpenAI) -> None:
 # -------------------------------------------------------------- cancellation
 
 
+def test_worker_metrics_carry_vllms_own_and_infergates(client: openai.OpenAI) -> None:
+    """worker-vllm re-exports vLLM's Prometheus series and feeds infergate's
+    worker series from vLLM's scheduler statistics."""
+    client.completions.create(model=NAME, prompt="Once upon a time", max_tokens=8, temperature=0)
+
+    def scrape() -> str:
+        return requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+
+    wait_for(lambda: "vllm:generation_tokens_total" in scrape(), 30, "vLLM's own series")
+    text = scrape()
+    assert re.search(r'^vllm:num_requests_running\{[^}]*model_name="vllm-llama"', text, re.M)
+    assert re.search(r"^vllm:kv_cache_usage_perc\{", text, re.M)
+    assert f'infergate_worker_requests_waiting{{model="{NAME}"}}' in text
+    queued = re.search(rf'^infergate_worker_queue_time_seconds_count{{model="{NAME}"}} (\S+)$', text, re.M)
+    assert queued and float(queued.group(1)) >= 1
+    assert f'infergate_worker_gpu_unusable{{model="{NAME}"}} 0.0' in text
+
+
 def test_cancel_on_the_worker_aborts_the_request_in_the_engine(stack: Stack, vllm_llama: Worker) -> None:
     request_id = f"cancel-{uuid.uuid4().hex}"
     body = {
         "request_id": request_id, "prompt": "hello", "stream": True,
         "params": {"max_tokens": MAX_MODEL_LEN - 8, "ignore_eos": True},
     }  # fmt: skip
-    accepted = requests.post(f"{vllm_llama.url}/generate", json=body, timeout=10)
+    accepted = requests.post(f"{vllm_llama.url}/generate", json=body, headers=vllm_llama.headers, timeout=10)
     assert accepted.status_code == 202
     key = accepted.json()["stream_key"]
     redis = stack.redis.client()
     wait_for(lambda: redis.xlen(key) >= 2, 30, "streaming")
-    assert requests.post(f"{vllm_llama.url}/cancel/{request_id}", timeout=10).json() == {"cancelled": True}
+    assert requests.post(
+        f"{vllm_llama.url}/cancel/{request_id}", headers=vllm_llama.headers, timeout=10
+    ).json() == {"cancelled": True}
     wait_for(lambda: unfinished_requests(vllm_llama) == 0, 5, "freed in the engine")
     ((_, last),) = redis.xrevrange(key, count=1)
     assert last["event"] == "done"
@@ -310,6 +337,32 @@ def test_client_disconnect_cancels_through_the_router(stack: Stack, vllm_llama: 
         ((_, last),) = redis.xrevrange(key, count=1)
         ended.append(json.loads(last["data"]).get("finish_reasons"))
     assert {"0": "abort"} in ended
+
+
+def test_abandoned_streams_free_the_engine(stack: Stack, vllm_llama: Worker) -> None:
+    """vLLM's own cancellation test through the router: 200 long streams
+    abandoned after 0.5 s, then a 10-token request within 5 s, and the
+    engine holds nothing."""
+    body = {
+        "model": NAME, "prompt": "hello", "max_tokens": MAX_MODEL_LEN - 8, "ignore_eos": True,
+        "stream": True,
+    }  # fmt: skip
+    statuses = abandon_streams(f"{stack.openai_url}/completions", body, 200, after_s=0.5)
+    assert set(statuses) <= {0, 429}, sorted(set(statuses))
+    started = time.monotonic()
+    response = requests.post(
+        f"{stack.openai_url}/completions",
+        json={"model": NAME, "prompt": "hello", "max_tokens": 10, "ignore_eos": True},
+        timeout=30,
+    )
+    short_s = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 10
+    assert short_s < 5, f"the short request took {short_s:.1f}s after the storm"
+    wait_for(lambda: unfinished_requests(vllm_llama) == 0, 15, "freed in the engine")
+    held = requests.get(f"{vllm_llama.url}/info", timeout=10).json()["extra"]["held"]
+    assert held == 0
+    print(f"\ncancellation storm (worker-vllm): short request {short_s:.2f}s")
 
 
 # ------------------------------------------------------- engine death (last)

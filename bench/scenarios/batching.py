@@ -10,15 +10,26 @@
 
 Each worker runs alone (the other is stopped), with ``--worker_threads``
 torch threads (2 by default: the machine's cores, as in issue 6's KServe
-reference; the router and the load generator share them)."""
+reference; the router and the load generator share them).
+
+In the same run, two references for the encoder: the bare forward-pass
+ceiling (batches of 32 on the same thread count, no server:
+``bench/forward_ceiling.py`` in its own process) and one client straight to
+the worker's ``/encode`` (what the router adds to one client)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+import requests
+
 from ..client import Call
-from ..context import Context, ScenarioResult, at_least, ms, run_async
+from ..context import Context, ScenarioResult, at_least, below, diff, ms, run_async
 from ..loadgen import fresh_run
 from ..models import ensure_test_models, worker_hf
 from ..profiling import py_spy_record
@@ -52,6 +63,16 @@ def _row(case: str, summary: dict[str, Any], unit: str, value_key: str) -> dict[
         "requests": summary["requests"],
         "errors": summary["errors"],
     }
+
+
+def forward_ceiling(model_dir: Any, threads: int, seconds: float) -> dict[str, Any]:
+    """The bare forward pass at batch 32 in a process of its own."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.forward_ceiling", "--model", str(model_dir), "--batch", "32",
+         "--threads", str(threads), "--seconds", str(seconds)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def run(ctx: Context) -> ScenarioResult:
@@ -98,7 +119,19 @@ def run(ctx: Context) -> ScenarioResult:
                 f"{stack.router_url}/v1/models/{name}:predict",
                 lambda i: {"instances": [sentence(i)]},
             )
-            return [(call, c, 100_000) for c in levels]
+            out = [(call, c, 100_000) for c in levels]
+            if 1 in levels:
+                direct = Call(
+                    f"{name} worker /encode",
+                    f"{replica_url(name)}/encode",
+                    lambda i: {"request_id": f"bench-{i}-{uuid.uuid4().hex[:8]}", "inputs": [sentence(i)]},
+                )
+                out.append((direct, 1, 100_000))
+            return out
+
+        def replica_url(name: str) -> str:
+            record = requests.get(f"{stack.stack.registry_url}/registry/models/{name}", timeout=5).json()
+            return str(record["replicas"][0]["url"])
 
         def gen_calls(name: str, levels: tuple[int, ...]) -> list[tuple[Call, int, int]]:
             call = Call(
@@ -117,6 +150,7 @@ def run(ctx: Context) -> ScenarioResult:
             )
             return [(call, c, c * gen_waves) for c in levels]
 
+        ceiling = forward_ceiling(models / "minilm-classifier", ctx.worker_threads, ctx.pick(5.0, 15.0))
         on32 = serve(
             "enc-batch32", "minilm-classifier", ["--max_batch_size", "32"], lambda n: encode_calls(n, (32, 1))
         )
@@ -131,6 +165,14 @@ def run(ctx: Context) -> ScenarioResult:
         _row("encoder batch 32, 32 clients", on32[0], "requests/s", "requests_per_s"),
         _row("encoder batch 1, 32 clients", off[0], "requests/s", "requests_per_s"),
         _row("encoder batch 32, 1 client", on32[1], "requests/s", "requests_per_s"),
+        {
+            "case": "bare forward pass, batch 32, no server",
+            "concurrency": 32,
+            "throughput": ceiling["rows_per_s"],
+            "unit": "rows/s",
+            "p50_ms": ceiling["ms_per_batch"],
+        },
+        _row("encoder batch 32, 1 client, worker /encode alone", on32[2], "requests/s", "requests_per_s"),
         _row("generation seqs 16, 8 streams", gen_on[0], "tokens/s", "tokens_per_s"),
         _row("generation seqs 1, 8 streams", gen_off[0], "tokens/s", "tokens_per_s"),
         _row("generation seqs 16, 1 stream", gen_on[1], "tokens/s", "tokens_per_s"),
@@ -140,9 +182,14 @@ def run(ctx: Context) -> ScenarioResult:
     def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
         return round(a["throughput"] / b["throughput"], 2) if b["throughput"] else None
 
+    added_one = diff(rows[2]["p50_ms"], rows[4]["p50_ms"])
     result.targets = [
+        below("encoder, 1 client: router p50 minus worker alone", added_one, 0.5, "ms"),
+        at_least(
+            "encoder, 32 clients through the router / bare forward pass", ratio(rows[0], rows[3]), 0.8, "x"
+        ),
         at_least("encoder throughput, batching on/off (32 clients)", ratio(rows[0], rows[1]), 4, "x"),
-        at_least("generation tokens/s, 8 streams batched / one at a time", ratio(rows[3], rows[4]), 4, "x"),
+        at_least("generation tokens/s, 8 streams batched / one at a time", ratio(rows[5], rows[6]), 4, "x"),
     ]
     result.notes.append(
         "For scale (issue 6): KServe 0.13's Hugging Face server answers about 80 requests/s on 2 cores "

@@ -1,4 +1,5 @@
-"""A private redis-server: free port, no persistence, stopped by pid."""
+"""A private redis-server: free port, no persistence, stopped by pid;
+with a password when given one (then ``url`` carries it)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ from .ports import free_port
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.pidfile = workdir / "redis.pid"
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        self.address = f"127.0.0.1:{self.port}"
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=30)
@@ -32,7 +36,8 @@ class RedisServer:
         subprocess.run(
             [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--daemonize", "yes", "--pidfile", str(self.pidfile),
-             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log"),
+             *(["--requirepass", self.password] if self.password else [])],
             check=True,
         )  # fmt: skip
         client = self.client()

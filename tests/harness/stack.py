@@ -11,12 +11,14 @@ under gunicorn, and workers started on demand.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import requests
 
+from .leaks import WATCH
 from .ports import free_port
 from .processes import Process, stop_all
 from .redis_server import RedisServer
@@ -35,12 +37,14 @@ CHILD_ENV = {
 
 
 class Worker:
-    """A worker process registered under ``name`` at ``url``."""
+    """A worker process registered under ``name`` at ``url``; ``headers``
+    carry the internal credential its routes require."""
 
-    def __init__(self, name: str, url: str, process: Process) -> None:
+    def __init__(self, name: str, url: str, process: Process, headers: dict[str, str] | None = None) -> None:
         self.name = name
         self.url = url
         self.process = process
+        self.headers = dict(headers or {})
 
     def stop(self) -> None:
         self.process.stop()
@@ -56,13 +60,21 @@ class Stack:
         prefix: str = "infergate",
         router_env: Mapping[str, str] | None = None,
         router_workers: int = 2,
+        internal_credential: bool = True,
     ) -> None:
+        """``internal_credential=False``: services without the internal token
+        (the benchmarks call workers straight, as only the router may)."""
         self.workdir = workdir
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         redis_dir = workdir / "redis"
         redis_dir.mkdir(exist_ok=True)
-        self.redis = RedisServer(redis_dir)
+        # As deployed: Redis with a password, services with the internal credential.
+        self.redis = RedisServer(redis_dir, password=secrets.token_hex(16))
+        self.internal_token = secrets.token_urlsafe(24) if internal_credential else ""
+        self.admin_token = secrets.token_urlsafe(24)
+        # Files of the Batch API, shared by the router and the batch workers.
+        self.batch_storage = workdir / "batch-files"
         self.prefix = prefix
         self.router_env = dict(router_env or {})
         self.router_workers = router_workers
@@ -73,7 +85,24 @@ class Stack:
         self.openai_url = f"{self.router_url}/openai/v1"
         self.registry: Process | None = None
         self.router: Process | None = None
+        # More router "pods" (gunicorn masters) over the same Redis and registry.
+        self.extra_routers: list[Process] = []
         self.workers: list[Worker] = []
+        WATCH.public(self.router_url)
+        WATCH.internal(
+            self.registry_url.split("//", 1)[1],
+            self.redis.address,
+            self.redis.password or "",
+            self.internal_token,
+            self.admin_token,
+        )
+
+    def internal_headers(self) -> dict[str, str]:
+        """What another infergate service sends: the internal credential."""
+        return {"Authorization": f"Bearer {self.internal_token}"} if self.internal_token else {}
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     # ---------------------------------------------------------------- start
 
@@ -83,10 +112,16 @@ class Stack:
             "INFERGATE_REDIS_URL": self.redis.url,
             "INFERGATE_STREAM_PREFIX": self.prefix,
             "INFERGATE_LOG_LEVEL": "INFO",
+            "INFERGATE_BATCH_STORAGE_URL": str(self.batch_storage),
+            "INFERGATE_INTERNAL_TOKEN": self.internal_token,
         }
 
     def start_registry(self) -> Process:
-        env = {**self._service_env(), "INFERGATE_BIND": f"127.0.0.1:{self.registry_port}"}
+        env = {
+            **self._service_env(),
+            "INFERGATE_BIND": f"127.0.0.1:{self.registry_port}",
+            "INFERGATE_ADMIN_TOKEN": self.admin_token,
+        }
         self.registry = Process(
             "registry",
             [str(BIN / "gunicorn"), "--config", "python:infergate_registry.gunicorn_conf",
@@ -97,23 +132,37 @@ class Stack:
         self.registry.wait_http_ok(f"{self.registry_url}/readyz")
         return self.registry
 
-    def start_router(self) -> Process:
-        env = {
+    def _router_process(self, name: str, port: int, workers: int, env: Mapping[str, str]) -> Process:
+        full_env = {
             **self._service_env(),
-            "INFERGATE_BIND": f"127.0.0.1:{self.router_port}",
+            "INFERGATE_BIND": f"127.0.0.1:{port}",
             "INFERGATE_REGISTRY_URL": self.registry_url,
-            "INFERGATE_WORKERS": str(self.router_workers),
-            **self.router_env,
+            "INFERGATE_WORKERS": str(workers),
+            **env,
         }
-        self.router = Process(
-            "router",
+        process = Process(
+            name,
             [str(BIN / "gunicorn"), "--config", "python:infergate_router.gunicorn_conf",
              "infergate_router.wsgi:app"],
-            self.logs / "router.log",
-            env=env,
+            self.logs / f"{name}.log",
+            env=full_env,
         )  # fmt: skip
-        self.router.wait_http_ok(f"{self.router_url}/")
+        process.wait_http_ok(f"http://127.0.0.1:{port}/")
+        return process
+
+    def start_router(self) -> Process:
+        self.router = self._router_process("router", self.router_port, self.router_workers, self.router_env)
         return self.router
+
+    def start_extra_router(self, workers: int = 1, env: Mapping[str, str] | None = None) -> str:
+        """Another router "pod" (its own gunicorn master) over the same Redis
+        and registry, with the stack's router settings plus ``env``; returns its URL."""
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        WATCH.public(url)
+        process = self._router_process(f"router-{port}", port, workers, {**self.router_env, **(env or {})})
+        self.extra_routers.append(process)
+        return url
 
     def start(self) -> Stack:
         try:
@@ -142,7 +191,8 @@ class Stack:
             self.logs / f"worker-{name}-{port}.log",
             env={**self._service_env(), **(env or {})},
         )
-        worker = Worker(name, url, process)
+        worker = Worker(name, url, process, self.internal_headers())
+        WATCH.internal(f"127.0.0.1:{port}")
         self.workers.append(worker)
         return worker
 
@@ -191,13 +241,16 @@ class Stack:
         # Workers first, so that they deregister while the registry still runs.
         stop_all([worker.process for worker in self.workers])
         self.workers.clear()
-        stop_all([p for p in (self.router, self.registry) if p is not None])
+        stop_all([p for p in (*self.extra_routers, self.router, self.registry) if p is not None])
+        self.extra_routers.clear()
         self.redis.stop()
 
     def forget_model(self, name: str) -> None:
         """Drop a model's record, so later tests do not see a model without replicas."""
         with contextlib.suppress(requests.RequestException):
-            requests.delete(f"{self.registry_url}/registry/models/{name}", timeout=5)
+            requests.delete(
+                f"{self.registry_url}/registry/models/{name}", headers=self.internal_headers(), timeout=5
+            )
 
     def logs_tail(self, chars: int = 3000) -> str:
         parts = []

@@ -17,6 +17,8 @@ from .worker_api import (
     EncodeResponse,
     GenerateRequest,
     GenerateResponse,
+    TabularPredictRequest,
+    TabularPredictResponse,
     TokenizeRequest,
     TokenizeResponse,
     WorkerInfo,
@@ -53,11 +55,26 @@ class Engine(ABC):
     def encode(self, request: EncodeRequest) -> EncodeResponse:
         raise NotImplementedForModel(f"task {self.info().task.value} does not encode inputs")
 
+    def predict(self, request: TabularPredictRequest) -> TabularPredictResponse:
+        raise NotImplementedForModel(f"task {self.info().task.value} does not predict from numeric rows")
+
     def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         raise NotImplementedForModel("this engine has no tokenizer")
 
     def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         raise NotImplementedForModel("this engine has no tokenizer")
+
+    def active_streams(self) -> list[str]:
+        """Request ids of the streamed generations this engine still runs
+        or queues (they count against the replica's capacity after their
+        ``/generate`` call has returned, and a draining worker waits for
+        them)."""
+        return []
+
+    def default_capacity(self) -> int:
+        """Requests admitted at once (running and waiting) when the worker's
+        ``capacity`` setting is not given."""
+        return 64
 
     def cancel(self, request_id: str) -> bool:
         """Stop a generation and free its slot; False when it is unknown."""

@@ -17,6 +17,8 @@ class InfergateError(Exception):
 
     status: int = 500
     type: str = "internal_error"
+    # Seconds a client should wait before retrying (sent as ``Retry-After``).
+    retry_after_s: float | None = None
 
     def __init__(
         self,
@@ -85,6 +87,19 @@ class ServiceUnavailable(InfergateError):
     type = "service_unavailable_error"
 
 
+class Overloaded(ServiceUnavailable):
+    """No capacity left for another request right now (every slot of a
+    replica, or of every replica of a model, is taken; or the replica is
+    draining). Clients should retry after ``retry_after_s``: OpenAI routes
+    answer 429, KServe routes 503, both with ``Retry-After``."""
+
+    type = "overloaded_error"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, code: str = "overloaded") -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
 class GatewayTimeout(InfergateError):
     status = 504
     type = "timeout_error"
@@ -133,5 +148,7 @@ def from_payload(status: int, body: Any) -> InfergateError:
         message, param, code = detail, None, None
     else:
         message, param, code = f"upstream answered HTTP {status}", None, None
+    if status == 503 and isinstance(detail, dict) and detail.get("type") == Overloaded.type:
+        return Overloaded(message, code=str(code or "overloaded"))
     cls = _BY_STATUS.get(status, UpstreamError if status >= 500 else InvalidRequest)
     return cls(message, param=param, code=code, status=status)

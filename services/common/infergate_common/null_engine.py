@@ -18,13 +18,25 @@ Two options serve the relay benchmark; both are off by default:
 * ``--step_streams``: one loop writes the next token of every open stream
   per step, in one Redis pipeline, as a batching engine emits one token per
   running sequence per forward pass (instead of one thread per stream).
+
+And the routing benchmark:
+
+* ``--prefix_cache_blocks N`` (with ``--prefix_block_tokens``,
+  ``--prefill_ms_per_token``): a bounded prefix cache per replica; the first
+  token waits for the prefill of the uncached part of the prompt
+  (:mod:`infergate_common.null_prefix_cache`).
+* ``--stats_file PATH``: requests in flight (now and integrated over time)
+  and the prefix cache's counts, rewritten as JSON every 200 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -32,6 +44,7 @@ import redis
 from .engine import Engine
 from .errors import InvalidRequest
 from .logs import configure_logging
+from .null_prefix_cache import LoadMeter, PrefixCacheModel
 from .settings import load_settings
 from .streams import (
     DEFAULT_MAXLEN,
@@ -75,6 +88,8 @@ class NullEngine(Engine):
         dimensions: int = 8,
         stamp_tokens: bool = False,
         step_streams: bool = False,
+        prefix_cache: PrefixCacheModel | None = None,
+        stats_file: Path | None = None,
     ) -> None:
         self.name = name
         self.task = task
@@ -90,8 +105,38 @@ class NullEngine(Engine):
         self.lock = threading.Lock()
         self.loaded = False
         self._running: list[_SteppedStream] = []
+        # Streams not ended yet, by request id (both stream modes).
+        self._open: set[str] = set()
         self._wakeup = threading.Event()
         self._stepper: threading.Thread | None = None
+        self.prefix_cache = prefix_cache
+        self.load_meter = LoadMeter()
+        self.stats_file = stats_file
+        if stats_file is not None:
+            threading.Thread(target=self._write_stats, name="stats", daemon=True).start()
+
+    def _write_stats(self) -> None:
+        assert self.stats_file is not None
+        partial = self.stats_file.with_suffix(".partial")
+        while True:
+            stats: dict[str, Any] = {"load": self.load_meter.stats()}
+            if self.prefix_cache is not None:
+                stats["prefix_cache"] = self.prefix_cache.stats()
+            partial.write_text(json.dumps(stats))
+            os.replace(partial, self.stats_file)
+            time.sleep(0.2)
+
+    @staticmethod
+    def _prompt_text(request: GenerateRequest) -> str:
+        if isinstance(request.prompt, list):
+            return " ".join(str(t) for t in request.prompt)
+        if request.prompt is not None:
+            return request.prompt
+        return "\n".join(f"{m.role}: {m.content or ''}" for m in request.messages or [])
+
+    def _prefill(self, request: GenerateRequest) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.prefill(self._prompt_text(request))
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -128,6 +173,14 @@ class NullEngine(Engine):
         return self.tokens, "stop"
 
     def generate(self, request: GenerateRequest) -> GenerateResponse:
+        self.load_meter.enter()
+        try:
+            self._prefill(request)
+            return self._answer(request)
+        finally:
+            self.load_meter.leave()
+
+    def _answer(self, request: GenerateRequest) -> GenerateResponse:
         count, reason = self._count(request)
         text = "".join(f"tok{i} " for i in range(count))
         prompt_tokens = self._prompt_tokens(request)
@@ -151,7 +204,17 @@ class NullEngine(Engine):
             return f"tok{i}@{time.monotonic_ns()} "
         return f"tok{i} "
 
+    def active_streams(self) -> list[str]:
+        with self.lock:
+            return list(self._open)
+
+    def default_capacity(self) -> int:
+        # It answers instantly: its capacity is the benchmark's, not a model's.
+        return 4096
+
     def start_stream(self, request: GenerateRequest) -> None:
+        with self.lock:
+            self._open.add(request.request_id)
         if self.step_streams:
             self._admit(request)
             return
@@ -193,6 +256,7 @@ class NullEngine(Engine):
                     for stream in finished:
                         self._running.remove(stream)
                         self.cancelled.discard(stream.request.request_id)
+                        self._open.discard(stream.request.request_id)
             if self.interval:
                 time.sleep(self.interval)
 
@@ -209,6 +273,17 @@ class NullEngine(Engine):
         pipe.execute()
 
     def _stream(self, request: GenerateRequest) -> None:
+        self.load_meter.enter()
+        try:
+            self._prefill(request)
+            self._write_stream(request)
+        finally:
+            self.load_meter.leave()
+            with self.lock:
+                self._open.discard(request.request_id)
+                self.cancelled.discard(request.request_id)
+
+    def _write_stream(self, request: GenerateRequest) -> None:
         writer = StreamWriter(self.redis, request.request_id, self.prefix)
         count, reason = self._count(request)
         last_beat = time.monotonic()
@@ -329,10 +404,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write one token of every open stream per step in one Redis pipeline",
     )
+    parser.add_argument("--prefix_cache_blocks", type=int, default=0, help="0: no prefix cache model")
+    parser.add_argument("--prefix_block_tokens", type=int, default=16)
+    parser.add_argument("--prefill_ms_per_token", type=float, default=0.05)
+    parser.add_argument("--stats_file", type=Path)
+    parser.add_argument("--routing_policy")
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--registry_url")
     parser.add_argument("--redis_url")
+    parser.add_argument("--capacity", type=int)
+    parser.add_argument("--drain_s", type=float)
+    parser.add_argument("--health_port", type=int)
     args = parser.parse_args(argv)
     configure_logging("worker-null")
     settings = load_settings(
@@ -341,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         registry_url=args.registry_url,
         redis_url=args.redis_url,
+        capacity=args.capacity,
+        drain_s=args.drain_s,
+        health_port=args.health_port,
+        routing_policy=args.routing_policy,
     )
     engine = NullEngine(
         args.model_name,
@@ -351,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         settings.stream_prefix,
         stamp_tokens=args.stamp_tokens,
         step_streams=args.step_streams,
+        prefix_cache=(
+            PrefixCacheModel(args.prefix_cache_blocks, args.prefix_block_tokens, args.prefill_ms_per_token)
+            if args.prefix_cache_blocks > 0
+            else None
+        ),
+        stats_file=args.stats_file,
     )
     return run_worker(engine, settings)
 

@@ -12,6 +12,9 @@ Routes (JSON; errors as :func:`infergate_common.errors.to_payload`):
 * ``DELETE /registry/models/<name>``.
 * ``PUT /registry/models/<name>/domains`` :class:`DomainsUpdate`.
 * ``PUT /registry/models/<name>/aliases`` :class:`AliasesUpdate`.
+* ``PUT /registry/models/<name>/routing`` :class:`RoutingUpdate`: how routers
+  choose among the model's replicas (a worker's ``--routing_policy`` sets it
+  too, and wins at its next heartbeat).
 
 A replica that misses heartbeats for ``ttl_s`` seconds leaves rotation. Every
 change is published on the Redis channel :func:`changes_channel` as a JSON
@@ -20,6 +23,8 @@ change is published on the Redis channel :func:`changes_channel` as a JSON
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pydantic import BaseModel, Field
 
 from .worker_api import Backend, Task, WorkerInfo
@@ -27,6 +32,15 @@ from .worker_api import Backend, Task, WorkerInfo
 
 def changes_channel(prefix: str) -> str:
     return f"{prefix}:registry:changes"
+
+
+class RoutingPolicy(StrEnum):
+    """How a router picks one of a model's ready replicas
+    (``infergate_router.routing_policies``)."""
+
+    FEWEST_IN_FLIGHT = "fewest_in_flight"
+    SESSION_AFFINITY = "session_affinity"
+    PREFIX_AWARE = "prefix_aware"
 
 
 class ReplicaRecord(BaseModel):
@@ -54,6 +68,7 @@ class ModelRecord(BaseModel):
     restricted: bool = False
     aliases: list[str] = Field(default_factory=list)
     created: int = 0
+    routing_policy: RoutingPolicy = RoutingPolicy.FEWEST_IN_FLIGHT
     replicas: list[ReplicaRecord] = Field(default_factory=list)
 
     def host_names(self) -> set[str]:
@@ -74,6 +89,7 @@ class ReplicaRegistration(BaseModel):
     domains: list[str] | None = None
     hosts: list[str] | None = None
     restricted: bool | None = None
+    routing_policy: RoutingPolicy | None = None
 
 
 class DomainsUpdate(BaseModel):
@@ -84,6 +100,10 @@ class DomainsUpdate(BaseModel):
 
 class AliasesUpdate(BaseModel):
     aliases: list[str] = Field(default_factory=list)
+
+
+class RoutingUpdate(BaseModel):
+    routing_policy: RoutingPolicy
 
 
 class ChangeMessage(BaseModel):

@@ -7,7 +7,8 @@ Every stream ends with exactly one ``done`` or ``error``. The writer caps the
 stream with ``MAXLEN ~`` and sets an expiry on the key after the final
 entry, so abandoned streams disappear by themselves.
 
-* ``delta``: ``{"index", "text", "tokens", "logprobs"?, "finish_reason"?}``;
+* ``delta``: ``{"index", "text", "tokens", "logprobs"?, "tool_calls"?,
+  "finish_reason"?}``; ``tool_calls`` are :class:`ToolCallDelta` pieces;
   the last delta of a choice carries its ``finish_reason`` (its text may be
   empty), so each choice's end is known before the whole request's.
 * ``heartbeat``: ``{}``, written at least every ``heartbeat_interval`` while
@@ -23,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .worker_api import FinishReason, TokenLogprob, Usage
+from .worker_api import FinishReason, TokenLogprob, ToolCallDelta, Usage
 
 DEFAULT_PREFIX = "infergate"
 DEFAULT_MAXLEN = 10_000
@@ -41,6 +42,7 @@ class DeltaEvent(BaseModel):
     text: str = ""
     tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[ToolCallDelta] | None = None
     finish_reason: FinishReason | None = None
 
 
@@ -130,6 +132,7 @@ class StreamWriter:
         tokens: int,
         logprobs: list[TokenLogprob] | None = None,
         finish_reason: FinishReason | None = None,
+        tool_calls: list[ToolCallDelta] | None = None,
     ) -> None:
         self._add(
             DeltaEvent(
@@ -138,6 +141,7 @@ class StreamWriter:
                 tokens=tokens,
                 logprobs=logprobs,
                 finish_reason=finish_reason,
+                tool_calls=tool_calls or None,
             )
         )
 

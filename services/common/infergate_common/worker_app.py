@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 from flask import Flask, Response, jsonify, request
 from pydantic import BaseModel, ValidationError
 
+from .admission import Admission
 from .engine import Engine
-from .errors import InfergateError, InvalidRequest, ServiceUnavailable, to_payload
+from .errors import AuthenticationFailed, InfergateError, InvalidRequest, ServiceUnavailable, to_payload
+from .internal_auth import bearer, token_matches
 from .logs import request_context
 from .worker_api import (
     CancelResponse,
@@ -23,6 +25,7 @@ from .worker_api import (
     EncodeRequest,
     GenerateRequest,
     StreamAccepted,
+    TabularPredictRequest,
     TokenizeRequest,
 )
 
@@ -53,9 +56,38 @@ def _json(model: BaseModel, status: int = 200) -> Response:
     return response
 
 
-def create_worker_app(engine: Engine, stream_key: Callable[[str], str]) -> Flask:
-    """``stream_key(request_id)`` names the Redis stream of a request."""
+def readiness(engine: Engine, admission: Admission) -> tuple[bool, str]:
+    """What ``/readyz`` answers: the engine's readiness, false while draining."""
+    if admission.draining.is_set():
+        return False, "shutting down"
+    return engine.ready()
+
+
+# Probes and the description of the model need no credential; every route
+# that runs the model or cancels does.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/info"})
+
+
+def create_worker_app(
+    engine: Engine,
+    stream_key: Callable[[str], str],
+    admission: Admission | None = None,
+    internal_token: str = "",
+) -> Flask:
+    """``stream_key(request_id)`` names the Redis stream of a request;
+    ``admission`` bounds what the replica takes (default: the engine's
+    default capacity); with ``internal_token`` set, every route but the
+    probes and ``/info`` requires ``Authorization: Bearer <internal_token>``."""
     app = Flask("infergate-worker")
+    admission = admission or Admission(engine, engine.default_capacity())
+    app.extensions["infergate_admission"] = admission
+
+    @app.before_request
+    def check_credential() -> None:
+        if not internal_token or request.path in OPEN_PATHS:
+            return
+        if not token_matches(internal_token, bearer(request.headers.get("Authorization"))):
+            raise AuthenticationFailed("this route needs the internal credential", code="internal_credential")
 
     def require_ready() -> None:
         ok, reason = engine.ready()
@@ -64,7 +96,10 @@ def create_worker_app(engine: Engine, stream_key: Callable[[str], str]) -> Flask
 
     @app.errorhandler(InfergateError)
     def _infergate_error(error: InfergateError) -> tuple[Response, int]:
-        return jsonify(to_payload(error)), error.status
+        response = jsonify(to_payload(error))
+        if error.retry_after_s is not None:
+            response.headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+        return response, error.status
 
     @app.errorhandler(404)
     def _not_found(_: Any) -> tuple[Response, int]:
@@ -86,32 +121,46 @@ def create_worker_app(engine: Engine, stream_key: Callable[[str], str]) -> Flask
 
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:
-        ok, reason = engine.ready()
+        ok, reason = readiness(engine, admission)
         if ok:
             return jsonify({"ready": True}), 200
         return jsonify({"ready": False, "reason": reason}), 503
 
     @app.get("/info")
     def info() -> Response:
-        return _json(engine.info())
+        info = engine.info()
+        # "held": what the replica holds now (calls in progress and open streams).
+        extra = {**info.extra, "held": admission.held()}
+        return _json(info.model_copy(update={"capacity": admission.capacity, "extra": extra}))
 
     @app.post("/generate")
     def generate() -> Response:
         req = _parse(GenerateRequest)
         with request_context(req.request_id):
             require_ready()
-            if req.stream:
-                engine.start_stream(req)
-                accepted = StreamAccepted(request_id=req.request_id, stream_key=stream_key(req.request_id))
-                return _json(accepted, status=202)
-            return _json(engine.generate(req))
+            with admission.admit(req.request_id):
+                if req.stream:
+                    engine.start_stream(req)
+                    accepted = StreamAccepted(
+                        request_id=req.request_id, stream_key=stream_key(req.request_id)
+                    )
+                    return _json(accepted, status=202)
+                return _json(engine.generate(req))
 
     @app.post("/encode")
     def encode() -> Response:
         req = _parse(EncodeRequest)
         with request_context(req.request_id):
             require_ready()
-            return _json(engine.encode(req))
+            with admission.admit(req.request_id):
+                return _json(engine.encode(req))
+
+    @app.post("/predict")
+    def predict() -> Response:
+        req = _parse(TabularPredictRequest)
+        with request_context(req.request_id):
+            require_ready()
+            return _json(engine.predict(req))
 
     @app.post("/tokenize")
     def tokenize() -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TypeVar
 
 import redis
@@ -9,11 +10,15 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from infergate_common.errors import InvalidRequest
-from infergate_common.registry_api import AliasesUpdate, DomainsUpdate, ReplicaRegistration
+from infergate_common.registry_api import AliasesUpdate, DomainsUpdate, ReplicaRegistration, RoutingUpdate
 
+from .access import admit_registration
+from .settings import RegistrySettings
 from .store import RegistryStore
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+log = logging.getLogger(__name__)
 
 health = Blueprint("health", __name__)
 registry = Blueprint("registry", __name__, url_prefix="/registry")
@@ -50,7 +55,8 @@ def readyz() -> tuple[Response, int]:
     try:
         store().ping()
     except redis.RedisError as exc:
-        return jsonify({"ready": False, "reason": f"redis unreachable: {exc}"}), 503
+        log.warning("redis unreachable: %s", exc)
+        return jsonify({"ready": False, "reason": "redis unreachable"}), 503
     return jsonify({"ready": True}), 200
 
 
@@ -72,7 +78,8 @@ def delete_model(name: str) -> Response:
 
 @registry.post("/models/<name>/replicas")
 def register_replica(name: str) -> Response:
-    return as_json(store().register(name, parse(ReplicaRegistration)))
+    settings: RegistrySettings = current_app.config["INFERGATE_SETTINGS"]
+    return as_json(store().register(name, admit_registration(parse(ReplicaRegistration), settings)))
 
 
 @registry.delete("/models/<name>/replicas")
@@ -91,3 +98,8 @@ def set_domains(name: str) -> Response:
 @registry.put("/models/<name>/aliases")
 def set_aliases(name: str) -> Response:
     return as_json(store().set_aliases(name, parse(AliasesUpdate)))
+
+
+@registry.put("/models/<name>/routing")
+def set_routing(name: str) -> Response:
+    return as_json(store().set_routing(name, parse(RoutingUpdate)))

@@ -10,7 +10,10 @@ from werkzeug.exceptions import HTTPException
 
 from infergate_common.errors import InfergateError, InvalidRequest, NotFound, ServiceUnavailable, to_payload
 
+from .access import check_credentials
+from .admin import admin
 from .api import health, registry
+from .key_store import KeyStore
 from .reaper import Reaper
 from .settings import RegistrySettings
 from .store import RegistryStore
@@ -22,6 +25,7 @@ def create_app(settings: RegistrySettings) -> Flask:
     app = Flask("infergate-registry")
     app.config["INFERGATE_SETTINGS"] = settings
     connect_store(app, settings)
+    check_credentials(app, settings)
     register_blueprints(app)
     register_error_handlers(app)
     start_reaper(app, settings)
@@ -37,11 +41,13 @@ def connect_store(app: Flask, settings: RegistrySettings) -> None:
         health_check_interval=10,
     )
     app.extensions["infergate_registry"] = RegistryStore(client, settings.stream_prefix)
+    app.extensions["infergate_keys"] = KeyStore(client, settings.stream_prefix)
 
 
 def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health)
     app.register_blueprint(registry)
+    app.register_blueprint(admin)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -55,7 +61,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     def _redis_error(error: redis.RedisError) -> tuple[Response, int]:
         log.warning("redis error: %s", error)
-        return render(ServiceUnavailable(f"registry storage unavailable: {error}"))
+        return render(ServiceUnavailable("registry storage (Redis) unavailable"))
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> tuple[Response, int]:
@@ -66,7 +72,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> tuple[Response, int]:
         log.exception("unexpected registry error")
-        return render(InfergateError(f"internal error: {type(error).__name__}: {error}"))
+        return render(InfergateError(f"internal error: {type(error).__name__}"))
 
 
 def start_reaper(app: Flask, settings: RegistrySettings) -> None:

@@ -33,6 +33,7 @@ from infergate_common.registry_api import (
     ModelRecord,
     ReplicaRecord,
     ReplicaRegistration,
+    RoutingUpdate,
     changes_channel,
 )
 from infergate_common.worker_api import WorkerInfo
@@ -204,6 +205,8 @@ class RegistryStore:
             base["hosts"] = [_host_name(h, "hosts") for h in registration.hosts]
         if registration.restricted is not None:
             base["restricted"] = registration.restricted
+        if registration.routing_policy is not None:
+            base["routing_policy"] = registration.routing_policy
         aliases: list[str] = list(base.get("aliases") or [])
         aliases += [alias for alias in info.aliases if alias not in aliases]
         base["aliases"] = aliases
@@ -291,6 +294,9 @@ class RegistryStore:
         return self._update(
             name, "domains_updated", domains=domains, hosts=hosts, restricted=update.restricted
         )
+
+    def set_routing(self, name: str, update: RoutingUpdate) -> ModelRecord:
+        return self._update(name, "routing_updated", routing_policy=update.routing_policy)
 
     def set_aliases(self, name: str, update: AliasesUpdate) -> ModelRecord:
         aliases = list(dict.fromkeys(update.aliases))

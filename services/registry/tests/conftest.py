@@ -72,7 +72,11 @@ def prefix(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(redis_url: str, prefix: str) -> RegistrySettings:
-    return RegistrySettings(redis_url=redis_url, stream_prefix=prefix, reap_interval_s=0)
+    # These tests register made-up replica URLs from the test client; the
+    # address check has its own tests (test_admin_access.py).
+    return RegistrySettings(
+        redis_url=redis_url, stream_prefix=prefix, reap_interval_s=0, check_replica_address=False
+    )
 
 
 @pytest.fixture

@@ -184,9 +184,13 @@ def test_replicas_of_one_model_are_listed_together(client: FlaskClient) -> None:
 def test_replica_that_stops_heartbeating_leaves_rotation(client: FlaskClient) -> None:
     register(client, url="http://127.0.0.1:9001", ttl_s=0.3)
     register(client, url="http://127.0.0.1:9002", ttl_s=30)
-    time.sleep(0.45)
-    record = ModelRecord.model_validate(client.get("/registry/models/tiny").json)
-    assert [r.url for r in record.replicas] == ["http://127.0.0.1:9002"]
+    deadline = time.monotonic() + 5
+    while True:
+        record = ModelRecord.model_validate(client.get("/registry/models/tiny").json)
+        if [r.url for r in record.replicas] == ["http://127.0.0.1:9002"]:
+            break
+        assert time.monotonic() < deadline, record.replicas
+        time.sleep(0.02)
     listing = ModelList.model_validate(client.get("/registry/models").json)
     assert [r.url for r in listing.models[0].replicas] == ["http://127.0.0.1:9002"]
 
@@ -275,6 +279,22 @@ def test_alias_may_not_name_another_model(client: FlaskClient) -> None:
     response = client.put("/registry/models/tiny/aliases", json={"aliases": ["other"]})
     assert response.status_code == 400
     assert "other" in body(response)["error"]["message"]
+
+
+def test_routing_policy_by_route_and_by_worker_flag(client: FlaskClient, changes: Changes) -> None:
+    assert body(register(client))["routing_policy"] == "fewest_in_flight"
+    changes.drain()
+    response = client.put("/registry/models/tiny/routing", json={"routing_policy": "prefix_aware"})
+    assert response.status_code == 200
+    assert body(response)["routing_policy"] == "prefix_aware"
+    assert changes.drain() == [("tiny", "routing_updated")]
+    # A heartbeat without the flag leaves it; a worker started with the flag sets it.
+    assert body(register(client))["routing_policy"] == "prefix_aware"
+    assert body(register(client, routing_policy="session_affinity"))["routing_policy"] == "session_affinity"
+    bad = client.put("/registry/models/tiny/routing", json={"routing_policy": "round_robin"})
+    assert bad.status_code == 400
+    missing = client.put("/registry/models/nope/routing", json={"routing_policy": "prefix_aware"})
+    assert missing.status_code == 404
 
 
 def test_worker_aliases_are_kept(client: FlaskClient) -> None:

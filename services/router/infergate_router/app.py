@@ -8,8 +8,8 @@ built at import time by ``wsgi.py`` and in tests without any service up.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
+import math
 import re
 import time
 import uuid
@@ -19,7 +19,6 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from infergate_common.errors import (
-    AuthenticationFailed,
     InfergateError,
     InvalidRequest,
     NotFound,
@@ -27,7 +26,10 @@ from infergate_common.errors import (
 )
 from infergate_common.logs import request_context
 
+from . import public_errors
+from .auth import guard
 from .protocols import kserve
+from .protocols.openai import batches as openai_batches
 from .protocols.openai import routes as openai_routes
 from .protocols.v1 import routes as v1_routes
 from .protocols.v2 import routes as v2_routes
@@ -47,8 +49,10 @@ RENDERERS: dict[str, Renderer] = {
     "v2": v2_routes.render_error,
 }
 
-# Reachable without an API key: liveness and readiness probes, metrics.
-OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready", "/metrics"})
+# Reachable without an API key: liveness and readiness probes. Metrics are
+# served on their own port by the gunicorn master (gunicorn_conf.py), which
+# the Ingress never routes to.
+OPEN_PATHS = frozenset({"/", "/readyz", "/v2/health/live", "/v2/health/ready"})
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -87,26 +91,20 @@ def register_request_hooks(app: Flask) -> None:
     @app.before_request
     def check_body_size() -> None:
         length = request.content_length
-        if length is not None and length > settings.max_body_bytes:
-            raise PayloadTooLarge(
-                f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}"
-            )
+        # A view may allow larger bodies (file uploads) with a ``max_body_bytes`` attribute.
+        view = app.view_functions.get(request.endpoint or "")
+        limit = getattr(view, "max_body_bytes", settings.max_body_bytes)
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
 
     @app.before_request
     def authenticate() -> None:
-        if not settings.api_keys or request.path in OPEN_PATHS:
-            return
-        header = request.headers.get("Authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            hmac.compare_digest(key.strip().encode(), allowed.encode()) for allowed in settings.api_keys
-        ):
-            raise AuthenticationFailed(
-                "Missing or invalid API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key"
-            )
+        if request.path not in OPEN_PATHS:
+            guard.authenticate()
 
     @app.after_request
     def finish(response: Response) -> Response:
+        guard.finish(response)
         request_id = g.get("request_id")
         if request_id:
             response.headers["X-Request-Id"] = request_id
@@ -128,6 +126,7 @@ def register_request_hooks(app: Flask) -> None:
 
     @app.teardown_request
     def leave_context(_: BaseException | None) -> None:
+        guard.teardown()
         context = g.pop("log_context", None)
         if context is not None:
             # A context entered in another greenlet cannot be reset from this one.
@@ -138,6 +137,7 @@ def register_request_hooks(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     app.register_blueprint(openai_routes.blueprint)
     app.register_blueprint(openai_routes.hints)
+    app.register_blueprint(openai_batches.blueprint)
     app.register_blueprint(v1_routes.blueprint)
     app.register_blueprint(v2_routes.blueprint)
 
@@ -145,9 +145,14 @@ def register_blueprints(app: Flask) -> None:
     def alive() -> Response:
         return jsonify({"status": "alive"})
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(services().metrics.render(), mimetype="text/plain; version=0.0.4")
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        """Whether this router process can serve: not draining, Redis and the
+        registry reachable (checked at most once a second)."""
+        ok, reason = services().readiness.check()
+        if ok:
+            return jsonify({"ready": True}), 200
+        return jsonify({"ready": False, "reason": reason}), 503
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -155,7 +160,10 @@ def register_error_handlers(app: Flask) -> None:
     def infergate_error(error: InfergateError) -> Response:
         if error.status >= 500:
             log.warning("request failed: %s", error.message, extra={"status": error.status})
-        return renderer_for_request()(error)
+        response = renderer_for_request()(public_errors.public(error, g.get("request_id")))
+        if error.retry_after_s is not None:
+            response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
@@ -174,7 +182,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
         log.exception("unexpected router error")
-        return renderer_for_request()(InfergateError(f"internal error: {type(error).__name__}"))
+        message = public_errors.with_request_id("internal error", g.get("request_id"))
+        return renderer_for_request()(InfergateError(message))
 
 
 STEPS: tuple[Callable[[Flask], None], ...] = (

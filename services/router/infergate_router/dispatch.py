@@ -1,28 +1,48 @@
 """From a resolved model to a worker: replica choice, in-flight accounting,
-a second replica when the first cannot be reached, and token streams.
+another replica when the first cannot be reached or is full, a bounded wait
+when every replica is full, and token streams.
 
 :class:`StreamGroup` holds the token streams of one client request (one per
 prompt of a batched completion) read from one queue, enforces the heartbeat
 deadline and, when closed before the end, cancels what is still running.
+
+A generation the worker stopped on its own (``finish_reason`` "abort": the
+worker is draining) reaches the client as an error, never as a normal end:
+a streamed one as an error event, a plain one as a 503 with Retry-After.
+
+This module never imports Flask: the batch worker uses it as a library.
 """
 
 from __future__ import annotations
 
 import queue
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from infergate_common.errors import ServiceUnavailable
-from infergate_common.registry_api import ModelRecord
-from infergate_common.streams import ErrorEvent, is_final, stream_key
-from infergate_common.worker_api import GenerateRequest
+from infergate_common.errors import GatewayTimeout, Overloaded, ServiceUnavailable
+from infergate_common.registry_api import ModelRecord, ReplicaRecord
+from infergate_common.streams import DoneEvent, ErrorEvent, is_final, stream_key
+from infergate_common.worker_api import GenerateRequest, GenerateResponse
 
 from .replica_choice import InFlight
 from .stream_reader import Entry, StreamReader, Subscription
 from .worker_client import WorkerClient, WorkerUnreachable
 
 T = TypeVar("T")
+
+ABORTED_BY_WORKER = (
+    "the worker stopped this generation before it ended (it is shutting down); retry the request"
+)
+
+
+class ClientWatch(Protocol):
+    """Calls ``on_gone`` if the client disconnects while a call runs; the
+    returned function stops watching."""
+
+    def __call__(self, on_gone: Callable[[], None]) -> Callable[[], None]: ...
 
 
 @dataclass(eq=False)
@@ -62,12 +82,28 @@ class StreamGroup:
             stream_ = self.streams.get(entry.key)
             if stream_ is None:
                 continue
+            if isinstance(entry.event, DoneEvent) and "abort" in entry.event.finish_reasons.values():
+                entry = Entry(
+                    entry.key,
+                    entry.id,
+                    ErrorEvent(status=503, type="service_unavailable_error", message=ABORTED_BY_WORKER),
+                )
             if is_final(entry.event):
                 stream_.finished = True
                 self._release(stream_)
             yield stream_.position, entry
             if isinstance(entry.event, ErrorEvent):
                 return
+
+    def abort(self, message: str, status: int = 503) -> None:
+        """End the client's stream with an error event now (from any
+        greenlet); reading stops and unfinished generations are cancelled
+        when the response closes."""
+        stream = next((s for s in self.streams.values() if not s.finished), None)
+        if stream is None:
+            return
+        event = ErrorEvent(status=status, type="service_unavailable_error", message=message)
+        self.queue.put(Entry(stream.subscription.key, stream.subscription.last_id, event))
 
     def _release(self, stream: OpenStream) -> None:
         self.dispatcher.reader.unsubscribe(stream.subscription)
@@ -95,31 +131,95 @@ class Dispatcher:
         reader: StreamReader,
         stream_prefix: str,
         heartbeat_deadline_s: float,
+        queue_wait_s: float = 1.0,
     ) -> None:
         self.inflight = inflight
         self.workers = workers
         self.reader = reader
         self.prefix = stream_prefix
         self.deadline_s = heartbeat_deadline_s
+        self.queue_wait_s = queue_wait_s
+        self.open_groups: weakref.WeakSet[StreamGroup] = weakref.WeakSet()
 
-    def call(self, model: ModelRecord, send: Callable[[str], T]) -> T:
-        """``send(replica_url)`` on the least busy ready replica; a replica
-        that refuses the connection is skipped for the next one."""
+    def _place(self, model: ModelRecord, send: Callable[[str], T]) -> tuple[ReplicaRecord, T]:
+        """``send(replica_url)`` on the least busy ready replica with room,
+        counted in flight from then on (the caller releases it). A replica
+        that refuses the connection or answers that it is full is skipped
+        for the next; when every one is full, wait up to ``queue_wait_s``
+        for room, then :class:`Overloaded`."""
+        deadline = time.monotonic() + self.queue_wait_s
         tried: set[str] = set()
         while True:
-            replica = self.inflight.choose(model, exclude=tried)
-            with self.inflight.held(replica.url):
-                try:
-                    return send(replica.url)
-                except WorkerUnreachable as exc:
-                    tried.add(replica.url)
-                    if all(r.url in tried for r in model.replicas if r.ready):
-                        raise ServiceUnavailable(
-                            f"no replica of model {model.name} could be reached: {exc.message}"
-                        ) from exc
+            try:
+                replica = self.inflight.choose(model, exclude=tried)
+            except Overloaded:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Overloaded(
+                        f"Model {model.name} is at capacity: every replica is busy; retry shortly."
+                    ) from None
+                self.inflight.wait_for_room(min(left, 0.1))
+                tried.clear()
+                continue
+            self.inflight.acquire(replica.url)
+            try:
+                return replica, send(replica.url)
+            except WorkerUnreachable as exc:
+                self.inflight.release(replica.url)
+                tried.add(replica.url)
+                if all(r.url in tried for r in model.replicas if r.ready):
+                    raise ServiceUnavailable(
+                        f"no replica of model {model.name} could be reached: {exc.message}"
+                    ) from exc
+            except Overloaded:
+                self.inflight.release(replica.url)
+                self.inflight.mark_full(replica.url)
+                tried.add(replica.url)
+            except BaseException:
+                self.inflight.release(replica.url)
+                raise
+
+    def call(self, model: ModelRecord, send: Callable[[str], T]) -> T:
+        """``send(replica_url)`` on a replica chosen by :meth:`_place`."""
+        replica, result = self._place(model, send)
+        self.inflight.release(replica.url)
+        return result
+
+    def generate(
+        self, model: ModelRecord, request: GenerateRequest, watch: ClientWatch | None = None
+    ) -> GenerateResponse:
+        """A non-streaming generation, cancelled on the worker when the
+        client disconnects (``watch``) or the worker does not answer in time."""
+
+        def send(url: str) -> GenerateResponse:
+            stop = watch(lambda: self.workers.cancel_later(url, request.request_id)) if watch else None
+            try:
+                return self.workers.generate(url, request)
+            except GatewayTimeout:
+                self.workers.cancel_later(url, request.request_id)
+                raise
+            finally:
+                if stop is not None:
+                    stop()
+
+        response = self.call(model, send)
+        if any(choice.finish_reason == "abort" for choice in response.choices):
+            error = ServiceUnavailable(ABORTED_BY_WORKER)
+            error.retry_after_s = 1.0
+            raise error
+        return response
 
     def stream_group(self) -> StreamGroup:
-        return StreamGroup(self, self.deadline_s)
+        group = StreamGroup(self, self.deadline_s)
+        self.open_groups.add(group)
+        return group
+
+    def abort_open_streams(self, message: str) -> int:
+        """End every open stream of this process with an error event."""
+        groups = [group for group in list(self.open_groups) if not group.closed]
+        for group in groups:
+            group.abort(message)
+        return len(groups)
 
     def note_key(self, request_id: str) -> str:
         return f"{self.prefix}:streamnote:{request_id}"
@@ -134,25 +234,8 @@ class Dispatcher:
         key = stream_key(self.prefix, request.request_id)
         stored = (self.note_key(request.request_id), note) if note is not None else None
         subscription = self.reader.subscribe(key, shared=group.queue, note=stored)
-        tried: set[str] = set()
         try:
-            while True:
-                replica = self.inflight.choose(model, exclude=tried)
-                self.inflight.acquire(replica.url)
-                try:
-                    accepted = self.workers.start_stream(replica.url, request)
-                except WorkerUnreachable as exc:
-                    self.inflight.release(replica.url)
-                    tried.add(replica.url)
-                    if all(r.url in tried for r in model.replicas if r.ready):
-                        raise ServiceUnavailable(
-                            f"no replica of model {model.name} could be reached: {exc.message}"
-                        ) from exc
-                    continue
-                except Exception:
-                    self.inflight.release(replica.url)
-                    raise
-                break
+            replica, accepted = self._place(model, lambda url: self.workers.start_stream(url, request))
         except Exception:
             self.reader.unsubscribe(subscription)
             raise

@@ -44,6 +44,7 @@ def relay(
     last_at = 0.0
     tokens = 0
     prompt_tokens = 0
+    metrics.stream_started(model)
     try:
         with request_context(request_id):
             for position, entry in group.entries():
@@ -57,6 +58,7 @@ def relay(
                             first_at = last_at
                             metrics.first_token(model, first_at - started_at)
                         tokens += event.tokens
+                        metrics.output_tokens(model, event.tokens)
                     yield from formatter.delta(position, entry, event)
                 elif isinstance(event, DoneEvent):
                     prompt_tokens += event.usage.prompt_tokens
@@ -70,6 +72,6 @@ def relay(
     finally:
         group.close()
         metrics.stream_ended(model, outcome)
-        metrics.tokens(model, prompt_tokens, tokens)
+        metrics.prompt_tokens(model, prompt_tokens)
         if first_at is not None and tokens > 1:
             metrics.per_output_token(model, (last_at - first_at) / (tokens - 1))

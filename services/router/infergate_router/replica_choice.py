@@ -1,22 +1,41 @@
-"""Among a model's ready replicas, the one with the fewest requests in flight
-from this process. Ties are broken at random so that several router
-processes do not all pile onto the same replica."""
+"""Requests in flight per replica from this process, and the one place a
+replica is chosen: :meth:`InFlight.choose` applies the model's routing
+policy (:mod:`infergate_router.routing_policies`) to its ready replicas
+that have room.
+
+A replica has room while this process holds fewer requests on it than the
+capacity it advertises, and it has not answered "full" in the last
+``FULL_HOLD_S`` seconds (other router processes share it too)."""
 
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
-from infergate_common.errors import ServiceUnavailable
+from infergate_common.errors import Overloaded, ServiceUnavailable
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
+
+from .routing_policies import PrefixTable, choose_replica, current_hint
+
+# How long a replica that answered "full" is passed over.
+FULL_HOLD_S = 0.1
 
 
 class InFlight:
-    def __init__(self) -> None:
+    """Requests in flight per replica URL. ``on_change(model, delta)``, when
+    given, hears every acquire (+1) and release (-1) with the model the
+    replica was chosen for (the router's in-flight gauge)."""
+
+    def __init__(self, on_change: Callable[[str, int], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._full_until: dict[str, float] = {}
+        self._room = threading.Condition(self._lock)
+        self.prefixes = PrefixTable()
+        self._model_of: dict[str, str] = {}
+        self._on_change = on_change
 
     def count(self, url: str) -> int:
         return self._counts.get(url, 0)
@@ -24,16 +43,44 @@ class InFlight:
     def total(self) -> int:
         return sum(self._counts.values())
 
+    def has_room(self, replica: ReplicaRecord, now: float) -> bool:
+        capacity = replica.info.capacity if replica.info is not None else None
+        if capacity is not None and self.count(replica.url) >= capacity:
+            return False
+        return self._full_until.get(replica.url, 0.0) <= now
+
     def choose(self, model: ModelRecord, exclude: set[str] | None = None) -> ReplicaRecord:
-        ready = [r for r in model.replicas if r.ready and r.url not in (exclude or set())]
+        """The replica to use; :class:`ServiceUnavailable` when none is
+        ready, :class:`Overloaded` when every ready one (not in
+        ``exclude``) is full."""
+        ready = [r for r in model.replicas if r.ready]
         if not ready:
             raise ServiceUnavailable(f"Model with name {model.name} has no ready replica.")
-        lowest = min(self.count(r.url) for r in ready)
-        return random.choice([r for r in ready if self.count(r.url) == lowest])
+        now = time.monotonic()
+        skip = exclude or set()
+        open_ = [r for r in ready if r.url not in skip and self.has_room(r, now)]
+        if not open_:
+            raise Overloaded(f"every replica of model {model.name} is busy")
+        chosen = choose_replica(
+            model.routing_policy, open_, self.count, current_hint(), self.prefixes, model.name
+        )
+        self._model_of[chosen.url] = model.name
+        return chosen
+
+    def mark_full(self, url: str, hold_s: float = FULL_HOLD_S) -> None:
+        with self._lock:
+            self._full_until[url] = time.monotonic() + hold_s
+
+    def wait_for_room(self, timeout_s: float) -> None:
+        """Until a request of this process ends somewhere, or ``timeout_s``."""
+        with self._room:
+            self._room.wait(timeout_s)
 
     def acquire(self, url: str) -> None:
         with self._lock:
             self._counts[url] = self._counts.get(url, 0) + 1
+        if self._on_change is not None:
+            self._on_change(self._model_of.get(url, ""), 1)
 
     def release(self, url: str) -> None:
         with self._lock:
@@ -42,6 +89,10 @@ class InFlight:
                 self._counts[url] = left
             else:
                 self._counts.pop(url, None)
+            self._full_until.pop(url, None)
+            self._room.notify_all()
+        if self._on_change is not None:
+            self._on_change(self._model_of.get(url, ""), -1)
 
     @contextlib.contextmanager
     def held(self, url: str) -> Iterator[None]:

@@ -1,16 +1,24 @@
 """The per-process parts of the router, built once by ``create_app`` and
 reached from views through :func:`services`. Nothing here connects to
-anything until the first request needs it."""
+anything until the first request needs it. The module does not import
+Flask (only :func:`services` does), so the batch workers build the same
+parts with :meth:`RouterServices.build` and dispatch without the app."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
 
-from flask import current_app
+import redis
 
+from .auth.keystore import AdminKeys, KeysFile, KeyStore
+from .auth.limiter import RateLimiter
 from .dispatch import Dispatcher
 from .metrics import RouterMetrics
 from .model_directory import ModelDirectory
+from .readiness import Readiness
 from .registry_changes import RegistryChangeListener
 from .replica_choice import InFlight
 from .settings import RouterSettings
@@ -18,6 +26,8 @@ from .stream_reader import StreamReader
 from .worker_client import WorkerClient
 
 EXTENSION = "infergate_router"
+
+log = logging.getLogger("infergate_router")
 
 
 @dataclass
@@ -30,34 +40,106 @@ class RouterServices:
     reader: StreamReader
     dispatcher: Dispatcher
     metrics: RouterMetrics
+    readiness: Readiness
+    keys: KeyStore
+    limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: RouterSettings) -> RouterServices:
         directory = ModelDirectory(
             settings.registry_url, settings.registry_cache_ttl_s, settings.connect_timeout_s
         )
-        changes = RegistryChangeListener(settings.redis_url, settings.stream_prefix, directory.invalidate)
-        inflight = InFlight()
-        workers = WorkerClient(settings.connect_timeout_s, settings.request_timeout_s)
+        # Keys and limits share one small pool; nothing connects before the first call.
+        auth_redis = redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=32,
+                timeout=settings.connect_timeout_s + 2,
+                socket_connect_timeout=settings.connect_timeout_s,
+                socket_timeout=settings.connect_timeout_s + 2,
+            )
+        )
+        admin_keys = (
+            AdminKeys(auth_redis, settings.stream_prefix, settings.key_cache_ttl_s)
+            if settings.admin_keys
+            else None
+        )
+        keys = KeyStore(
+            settings.api_keys,
+            KeysFile(settings.api_keys_file) if settings.api_keys_file else None,
+            admin_keys,
+            settings.require_api_key,
+        )
+        limiter = RateLimiter(
+            auth_redis,
+            settings.stream_prefix,
+            lease_s=settings.request_timeout_s + 60,
+            fail_open=settings.rate_limit_failure == "open",
+        )
+
+        def on_change() -> None:
+            directory.invalidate()
+            keys.invalidate()
+
+        changes = RegistryChangeListener(settings.redis_url, settings.stream_prefix, on_change)
+        metrics = RouterMetrics()
+        inflight = InFlight(on_change=metrics.in_flight)
+        workers = WorkerClient(
+            settings.connect_timeout_s, settings.request_timeout_s, internal_token=settings.internal_token
+        )
         reader = StreamReader(
             settings.redis_url, settings.stream_prefix, settings.stream_block_ms, settings.connect_timeout_s
         )
         dispatcher = Dispatcher(
-            inflight, workers, reader, settings.stream_prefix, settings.heartbeat_deadline_s
+            inflight,
+            workers,
+            reader,
+            settings.stream_prefix,
+            settings.heartbeat_deadline_s,
+            settings.queue_wait_s,
         )
-        metrics = RouterMetrics()
-        metrics.registry.gauge(
-            "infergate_router_requests_in_flight", "Worker calls and streams in flight.", inflight.total
+        readiness = Readiness(reader, directory)
+        return cls(
+            settings,
+            directory,
+            changes,
+            inflight,
+            workers,
+            reader,
+            dispatcher,
+            metrics,
+            readiness,
+            keys,
+            limiter,
         )
-        metrics.registry.gauge("infergate_router_streams_open", "Token streams being read.", reader.active)
-        return cls(settings, directory, changes, inflight, workers, reader, dispatcher, metrics)
+
+    def begin_drain(self) -> None:
+        """SIGTERM: readiness turns 503; open streams may run for
+        ``drain_s``, then end with an error event (their generations are
+        cancelled as their responses close)."""
+        if self.readiness.draining.is_set():
+            return
+        self.readiness.draining.set()
+        log.info("draining", extra={"open_streams": self.reader.active(), "drain_s": self.settings.drain_s})
+
+        def end_streams() -> None:
+            time.sleep(self.settings.drain_s)
+            ended = self.dispatcher.abort_open_streams(
+                "the router is shutting down; retry the request (resume with Last-Event-ID where supported)"
+            )
+            log.info("drain grace over", extra={"streams_ended": ended})
+
+        threading.Thread(target=end_streams, name="drain", daemon=True).start()
 
     def close(self) -> None:
         self.changes.stop()
         self.reader.stop()
         self.workers.close()
         self.directory.close()
+        self.limiter.client.connection_pool.disconnect()
 
 
 def services() -> RouterServices:
+    from flask import current_app
+
     return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]

@@ -8,11 +8,11 @@ first byte; errors after that travel as events.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from flask import Response
 
 DONE = "[DONE]"
@@ -20,7 +20,8 @@ DONE = "[DONE]"
 
 @dataclass(frozen=True)
 class SseEvent:
-    """``data`` is a JSON-able object, the literal ``[DONE]``, or ``None``
+    """``data`` is a JSON-able object, JSON already rendered (``bytes``: the
+    per-token chunks, from templates), the literal ``[DONE]``, or ``None``
     for a comment line (a keep-alive that also reveals a gone client)."""
 
     data: Any
@@ -39,9 +40,16 @@ def frame(event: SseEvent) -> bytes:
         # id, a blank line makes some clients (the openai SDK) dispatch an
         # empty event and fail to parse it.
         return b": keep-alive\n"
-    payload = event.data if isinstance(event.data, str) else json.dumps(event.data, separators=(",", ":"))
-    head = f"id: {event.id}\n" if event.id else ""
-    return f"{head}data: {payload}\n\n".encode()
+    data = event.data
+    if isinstance(data, bytes):
+        payload = data
+    elif isinstance(data, str):
+        payload = data.encode()
+    else:
+        payload = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+    if event.id:
+        return b"id: " + event.id.encode() + b"\ndata: " + payload + b"\n\n"
+    return b"data: " + payload + b"\n\n"
 
 
 class _Body:

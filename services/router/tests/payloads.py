@@ -27,8 +27,9 @@ def normalised(payload: Any) -> Any:
 def assert_golden(name: str, payload: Any) -> None:
     path = GOLDEN / f"{name}.json"
     actual = normalised(payload)
-    if os.environ.get("UPDATE_GOLDEN") == "1" or not path.exists():
+    if os.environ.get("UPDATE_GOLDEN") == "1":
         path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
+    assert path.exists(), f"golden file {path.name} is missing: UPDATE_GOLDEN=1 writes it, then review it"
     assert actual == json.loads(path.read_text()), f"{path.name} differs (UPDATE_GOLDEN=1 rewrites it)"
 
 

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
+import redis
 from flask.testing import FlaskClient
 from payloads import assert_golden, sse_payloads
 from registry_records import register, set_aliases, set_domains
@@ -153,14 +154,22 @@ def test_registry_change_message_drops_the_cache(stack: Stack) -> None:
 
     from conftest import router_settings
 
+    from infergate_common.registry_api import changes_channel
     from infergate_router.app import create_app
     from infergate_router.services import EXTENSION
 
+    channel = changes_channel(stack.prefix)
+    pubsub_client = redis.Redis.from_url(stack.redis_url)
+    subscribers_before = dict(pubsub_client.pubsub_numsub(channel))[channel.encode()]
     app = create_app(router_settings(stack, registry_cache_ttl_s=600))
     try:
         client = app.test_client()
         client.get("/openai/v1/models")
-        time.sleep(0.5)  # the listener subscribes (and drops the cache once) in the background
+        # The listener subscribes (and drops the cache once) in the background.
+        deadline = time.monotonic() + 5
+        while dict(pubsub_client.pubsub_numsub(channel))[channel.encode()] <= subscribers_before:
+            assert time.monotonic() < deadline, "the change listener never subscribed"
+            time.sleep(0.02)
         before = {c["id"] for c in client.get("/openai/v1/models").get_json()["data"]}
         name = f"late-{uuid.uuid4().hex[:6]}"
         assert name not in before
@@ -171,3 +180,4 @@ def test_registry_change_message_drops_the_cache(stack: Stack) -> None:
             time.sleep(0.05)
     finally:
         app.extensions[EXTENSION].close()
+        pubsub_client.close()

@@ -54,8 +54,13 @@ def test_redis_outage_and_recovery(outage_stack: tuple[RedisServer, Stack, str])
     assert tail and "error" in tail[-1], tail[-3:]
     assert time.monotonic() - stopped_at < 5
 
-    time.sleep(0.6)  # past the registry cache TTL
-    response = requests.post(f"{router}/openai/v1/chat/completions", json=CHAT, timeout=10)
+    # 503 once the registry cache (TTL 0.5 s) no longer hides the outage.
+    deadline = time.monotonic() + 10
+    while (
+        response := requests.post(f"{router}/openai/v1/chat/completions", json=CHAT, timeout=10)
+    ).status_code != 503:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.05)
     assert response.status_code == 503
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     response = requests.post(f"{router}/v1/models/null:predict", json={"instances": ["x"]}, timeout=10)

@@ -65,16 +65,20 @@ def test_metrics_exposition() -> None:
     metrics.first_token("m", 0.3)
     metrics.per_output_token("m", 0.01)
     metrics.tokens("m", 5, 7)
-    text = metrics.render()
+    metrics.stream_started("m")
+    metrics.output_tokens("m", 3)
+    text = metrics.render().decode()
     assert "# TYPE infergate_router_requests_total counter" in text
     assert 'route="/openai/v1/completions"' in text and 'status="200"' in text
-    assert 'infergate_router_output_tokens_total{process="' in text and '",model="m"} 7' in text
+    assert 'infergate_router_output_tokens_total{model="m"} 10.0' in text
+    assert 'infergate_router_prompt_tokens_total{model="m"} 5.0' in text
+    assert 'infergate_router_streams_open{model="m"} 1.0' in text
     bucket = [
         line
         for line in text.splitlines()
         if "time_to_first_token_seconds_bucket" in line and 'le="0.5"' in line
     ]
-    assert bucket and bucket[0].endswith(" 1")
+    assert bucket and bucket[0].endswith(" 1.0")
     assert 'le="+Inf"' in text
 
 

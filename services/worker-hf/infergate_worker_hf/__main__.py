@@ -12,7 +12,7 @@ from infergate_common.logs import configure_logging
 from infergate_common.worker_runner import run_worker
 
 from .cli import parse_settings
-from .loading import check_max_model_len, load_config
+from .loading import check_max_model_len, load_config, resolve_device
 from .task_inference import infer_task
 
 log = logging.getLogger("infergate_worker_hf")
@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(settings)
         task = infer_task(config, settings.model_path(), settings.task)
         check_max_model_len(settings, config)
+        # A GPU asked for (--device cuda) and unusable stops here; one given to the
+        # pod but unusable is logged now, before the model loads on the CPU.
+        resolve_device(settings)
         from .engines import ENGINES
 
         engine_cls = ENGINES.get(task)

@@ -11,6 +11,7 @@ import torch
 
 from infergate_common.engine import Engine
 from infergate_common.errors import InvalidRequest, ServiceUnavailable
+from infergate_common.tool_calls import template_messages
 from infergate_common.worker_api import (
     Backend,
     ChatMessage,
@@ -19,10 +20,11 @@ from infergate_common.worker_api import (
     Task,
     TokenizeRequest,
     TokenizeResponse,
+    ToolSpec,
     WorkerInfo,
 )
 
-from .loading import LoadedModel, load_model, resolve_device, resolve_dtype
+from .loading import LoadedModel, gpu_warning, load_model, resolve_device, resolve_dtype
 from .settings import HFWorkerSettings
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,11 @@ class HFEngine(Engine):
         else:
             device = resolve_device(self.settings)
             dtype = resolve_dtype(self.settings, device)
+        extra = self.extra_info() if loaded else {}
+        if device.type == "cpu":
+            unusable = gpu_warning(self.settings.model_name)
+            if unusable:
+                extra["gpu_unusable"] = unusable
         return WorkerInfo(
             name=self.settings.model_name,
             model_id=loaded.model_id if loaded else self.settings.model_path(),
@@ -113,7 +120,7 @@ class HFEngine(Engine):
             max_model_len=loaded.max_model_len if loaded else None,
             chat_template=bool(loaded and self.has_chat_template()),
             encoder_decoder=bool(loaded and loaded.encoder_decoder),
-            extra=self.extra_info() if loaded else {},
+            extra=extra,
         )
 
     # ------------------------------------------------------------- tokenizer
@@ -127,19 +134,37 @@ class HFEngine(Engine):
         loaded = self.loaded
         return bool(loaded is not None and getattr(loaded.tokenizer, "chat_template", None))
 
-    def render_chat(self, messages: list[ChatMessage]) -> str:
+    def render_chat(
+        self, messages: list[ChatMessage], tools: list[ToolSpec] | None = None, tools_required: bool = False
+    ) -> str:
         """The prompt text of a chat, through the tokenizer's chat template
-        with the generation prompt; a tokenizer without one is a 400."""
+        with the generation prompt; a tokenizer without one is a 400.
+
+        ``tools`` are rendered by the template; a template that ignores them
+        is a 400 when ``tools_required`` (the model must see them to call one).
+        """
         loaded = self.require_loaded()
         if not self.has_chat_template():
             raise InvalidRequest(
                 f"model {self.settings.model_name} has no chat template; use completions instead",
                 param="messages",
             )
-        conversation = [message.model_dump(exclude_none=True) for message in messages]
+        conversation = template_messages(messages)
+        tool_dicts = [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
+        text = self._apply_template(loaded, conversation, tool_dicts)
+        if tool_dicts and text == self._apply_template(loaded, conversation, None) and tools_required:
+            raise InvalidRequest(
+                f"the chat template of model {self.settings.model_name} cannot render tools; "
+                "use tool_choice 'required' or a named function (constrained decoding serves those)",
+                param="tools",
+            )
+        return text
+
+    @staticmethod
+    def _apply_template(loaded: LoadedModel, conversation: list[Any], tools: list[Any] | None) -> str:
         try:
             text = loaded.tokenizer.apply_chat_template(
-                conversation, tokenize=False, add_generation_prompt=True
+                conversation, tools=tools, tokenize=False, add_generation_prompt=True
             )
         except Exception as exc:
             raise InvalidRequest(f"chat template failed: {exc}", param="messages") from exc

@@ -1,11 +1,15 @@
 """Cross-request micro-batching for encoder tasks.
 
 Request threads submit their rows (one per input) and wait; one batcher
-thread gathers queued rows into batches of at most ``max_batch_size``,
-waiting at most ``max_wait_s`` after the oldest queued row arrived, runs one
-forward pass per batch and hands each row's result back to its request. A
-batch that fails fails only the requests with rows in it; the thread keeps
-serving. ``max_batch_size=1`` runs every row alone (batching off).
+thread runs one forward pass per batch of at most ``max_batch_size`` rows
+and hands each row's result back to its request. It batches as continuous
+batching does: when the model is idle, whatever is queued runs at once (one
+client waits for nothing); while a forward pass runs, new rows queue, and
+the next batch takes all of them. ``max_wait_s`` (0 by default) adds a
+gathering window after the oldest queued row for an idle model, for
+workloads that prefer fuller batches to latency. A batch that fails fails
+only the requests with rows in it; the thread keeps serving.
+``max_batch_size=1`` runs every row alone (batching off).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from infergate_common import worker_metrics
 from infergate_common.errors import InfergateError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -90,8 +95,12 @@ class MicroBatcher(Generic[RowT, ResultT]):
         max_batch_size: int,
         max_wait_s: float,
         name: str = "encoder-batcher",
+        model: str = "",
     ) -> None:
         self.run_batch = run_batch
+        # The `model` label of the worker metrics.
+        self.model = model
+        self._running = 0
         self.max_batch_size = max(1, max_batch_size)
         self.max_wait_s = max(0.0, max_wait_s)
         self.name = name
@@ -114,6 +123,10 @@ class MicroBatcher(Generic[RowT, ResultT]):
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopped
+
+    def load(self) -> dict[str, int]:
+        """Rows in the batch that runs now, and rows queued behind it."""
+        return {"running": self._running, "waiting": len(self._queue)}
 
     def submit(self, rows: list[RowT]) -> list[ResultT]:
         """Queue ``rows`` as one request and wait for their results."""
@@ -147,7 +160,11 @@ class MicroBatcher(Generic[RowT, ResultT]):
                     self._cond.wait()
                     continue
                 # Rows that queued while a batch ran are already past their
-                # deadline: they go at once.
+                # deadline: they go at once, and with no window, so does
+                # the first row to reach an idle model.
+                if self.max_wait_s <= 0 or len(self._queue) >= self.max_batch_size:
+                    count = min(self.max_batch_size, len(self._queue))
+                    return [self._queue.popleft() for _ in range(count)]
                 deadline = self._queue[0].enqueued + self.max_wait_s
                 remaining = deadline - time.monotonic()
                 if len(self._queue) >= self.max_batch_size or remaining <= 0:
@@ -173,18 +190,26 @@ class MicroBatcher(Generic[RowT, ResultT]):
             self._run(batch)
 
     def _run(self, batch: list[_QueuedRow]) -> None:
+        started = time.monotonic()
+        worker_metrics.observe_batch(self.model, "encode", len(batch))
+        for item in batch:
+            if item.index == 0:
+                worker_metrics.observe_queue_time(self.model, started - item.enqueued)
+        self._running = len(batch)
         try:
             results = self.run_batch([item.row for item in batch])
             if len(results) != len(batch):
                 raise InfergateError(f"batch returned {len(results)} results for {len(batch)} rows")
         except Exception as exc:
             log.exception("encoder batch failed", extra={"batch_size": len(batch)})
+            self._running = 0
             self.stats.record(len(batch), failed=True)
             for item in batch:
                 if item.pending.error is None:
                     item.pending.error = exc
                     item.pending.done.set()
             return
+        self._running = 0
         self.stats.record(len(batch), failed=False)
         for item, result in zip(batch, results, strict=True):
             pending = item.pending

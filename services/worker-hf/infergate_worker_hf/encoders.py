@@ -2,9 +2,14 @@
 fill mask and embeddings, in KServe's v1 shapes (with the v2 datatype and
 shape beside them), over the cross-request micro-batcher.
 
-Each request is tokenised on its own thread (truncated to the context
-length); the batcher pads rows of many requests together, runs one forward
-pass and hands back per-row tensors; the request thread shapes them.
+Sequence classification and embeddings send their texts to the batcher,
+which tokenises the whole batch in one call (truncated to the context
+length); token classification and fill mask need each request's tokens
+before the batch (mask positions, the request's own padded length, offsets)
+and tokenise on the request's thread. The batcher pads rows of many requests
+together (a batch whose lengths differ widely runs as two forward passes),
+runs the forward pass in ``torch.inference_mode()`` and hands back per-row
+tensors; the request thread shapes them, whole tensors at a time.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from infergate_common import worker_metrics
 from infergate_common.errors import InvalidRequest
 from infergate_common.limits import check_count, check_encode
 from infergate_common.worker_api import EncodeRequest, EncodeResponse, Usage
@@ -42,6 +48,33 @@ class EncoderRow:
     # Token classification: the request's own padded length, so a row's
     # output does not depend on which requests shared its batch.
     output_len: int = 0
+    # Set when the batcher tokenises the row with the rest of its batch.
+    text: str | None = None
+
+
+# A batch is split in two forward passes (short rows, long rows) when that
+# pads fewer than this share of the tokens one pass would.
+SPLIT_BELOW = 0.7
+SPLIT_MIN_ROWS = 8
+
+
+def length_groups(lengths: list[int]) -> list[list[int]]:
+    """Row indexes in one group, or two (short and long) when padding all
+    rows to the longest would waste much of the forward pass."""
+    n = len(lengths)
+    if n < SPLIT_MIN_ROWS:
+        return [list(range(n))]
+    order = sorted(range(n), key=lengths.__getitem__)
+    ordered = [lengths[i] for i in order]
+    whole = n * ordered[-1]
+    best_cost, best_k = whole, 0
+    for k in range(1, n):
+        cost = k * ordered[k - 1] + (n - k) * ordered[-1]
+        if cost < best_cost:
+            best_cost, best_k = cost, k
+    if best_k == 0 or best_cost >= SPLIT_BELOW * whole:
+        return [list(range(n))]
+    return [order[:best_k], order[best_k:]]
 
 
 @dataclass
@@ -94,6 +127,9 @@ class EncoderEngine(HFEngine):
     (:meth:`shape_predictions`)."""
 
     batcher: MicroBatcher[EncoderRow, torch.Tensor] | None = None
+    # Whether rows can be tokenised on the batcher thread (nothing about a
+    # request depends on its tokens before the forward pass).
+    tokenize_in_batch: ClassVar[bool] = False
 
     # ---------------------------------------------------------- lifecycle
 
@@ -102,12 +138,18 @@ class EncoderEngine(HFEngine):
             self.run_batch,
             max_batch_size=self.settings.max_batch_size,
             max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
+            model=self.settings.model_name,
         )
         self.batcher.start()
+        worker_metrics.track_load(self.settings.model_name, self.batcher.load)
 
     def stop(self) -> None:
         if self.batcher is not None:
             self.batcher.stop()
+
+    def default_capacity(self) -> int:
+        # Two full batches of single-input requests: one running, one gathering.
+        return 2 * self.settings.max_batch_size
 
     def healthy(self) -> tuple[bool, str]:
         if self.batcher is None or not self.batcher.alive():
@@ -141,14 +183,17 @@ class EncoderEngine(HFEngine):
         """Keys of a per-class probability map: label names or class indexes."""
         return [self.label_of(j, labels) if options.labels else str(j) for j in range(width)]
 
-    def tokenize_inputs(self, inputs: list[str], offsets: bool) -> dict[str, Any]:
-        loaded = self.require_loaded()
-        kwargs: dict[str, Any] = {
+    def _tokenizer_kwargs(self, loaded: LoadedModel) -> dict[str, Any]:
+        return {
             "add_special_tokens": not self.settings.disable_special_tokens,
             "truncation": True,
             "max_length": loaded.max_model_len,
             "return_token_type_ids": self.settings.return_token_type_ids,
         }
+
+    def tokenize_inputs(self, inputs: list[str], offsets: bool) -> dict[str, Any]:
+        loaded = self.require_loaded()
+        kwargs = self._tokenizer_kwargs(loaded)
         if offsets:
             kwargs["return_offsets_mapping"] = True
         # Fast tokenizers refuse concurrent calls ("Already borrowed").
@@ -164,8 +209,12 @@ class EncoderEngine(HFEngine):
         check_encode(request, self.settings)
         options = resolve_options(request, self.settings)
         self.check_request(request, options)
-        encoded = self.tokenize_inputs(request.inputs, options.offsets_mapping)
-        rows = self.make_rows(request, encoded)
+        encoded: dict[str, Any] = {}
+        if self.batch_tokenizes(options):
+            rows = [EncoderRow([], [], None, text=text) for text in request.inputs]
+        else:
+            encoded = self.tokenize_inputs(request.inputs, options.offsets_mapping)
+            rows = self.make_rows(request, encoded)
         assert self.batcher is not None
         results = self.batcher.submit(rows)
         shaped = self.shape_predictions(request, options, rows, results)
@@ -185,6 +234,15 @@ class EncoderEngine(HFEngine):
             shape=shaped.shape,
             offsets_mapping=offsets,
             usage=Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
+        )
+
+    def batch_tokenizes(self, options: OutputOptions) -> bool:
+        # Without special tokens an input can tokenise to nothing: that is a
+        # 400 of its own request, found before the batch.
+        return (
+            self.tokenize_in_batch
+            and not options.offsets_mapping
+            and not self.settings.disable_special_tokens
         )
 
     def check_request(self, request: EncodeRequest, options: OutputOptions) -> None:
@@ -225,6 +283,31 @@ class EncoderEngine(HFEngine):
 
     def run_batch(self, rows: list[EncoderRow]) -> list[torch.Tensor]:
         loaded = self.require_loaded()
+        untokenized = [row for row in rows if row.text is not None]
+        if untokenized:
+            self.tokenize_rows(untokenized, loaded)
+        groups = length_groups([len(row.input_ids) for row in rows])
+        if len(groups) == 1:
+            return self.forward(rows, loaded)
+        results: list[torch.Tensor | None] = [None] * len(rows)
+        for group in groups:
+            for index, result in zip(group, self.forward([rows[i] for i in group], loaded), strict=True):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def tokenize_rows(self, rows: list[EncoderRow], loaded: LoadedModel) -> None:
+        """The batch's texts in one tokenizer call (the batcher thread)."""
+        with self.tokenizer_lock:
+            encoded = loaded.tokenizer([row.text for row in rows], **self._tokenizer_kwargs(loaded))
+        types = encoded.get("token_type_ids")
+        for i, row in enumerate(rows):
+            row.input_ids = encoded["input_ids"][i]
+            row.attention_mask = encoded["attention_mask"][i]
+            row.token_type_ids = types[i] if types is not None else None
+            row.output_len = len(row.input_ids)
+            row.text = None
+
+    def forward(self, rows: list[EncoderRow], loaded: LoadedModel) -> list[torch.Tensor]:
         inputs, mask, offsets = self.pad(rows, loaded)
         with torch.inference_mode():
             outputs = loaded.model(**inputs, return_dict=True)
@@ -236,27 +319,35 @@ class EncoderEngine(HFEngine):
         """Pad rows of many requests into one batch on the model's device.
         Returns the model's inputs (only ``--tensor_input_names`` when set),
         the attention mask (pooling needs it even when the model is not
-        given it) and each row's start offset (left padding)."""
+        given it) and each row's start offset (left padding). The padded
+        rows are built as lists and become tensors in one call each."""
         tokenizer = loaded.tokenizer
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         left = getattr(tokenizer, "padding_side", "right") == "left"
         length = max(len(row.input_ids) for row in rows)
-        ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
         with_types = all(row.token_type_ids is not None for row in rows)
-        types = torch.zeros((len(rows), length), dtype=torch.long) if with_types else None
+        ids: list[list[int]] = []
+        masks: list[list[int]] = []
+        type_rows: list[list[int]] = []
         offsets = []
-        for i, row in enumerate(rows):
-            start = length - len(row.input_ids) if left else 0
-            end = start + len(row.input_ids)
-            ids[i, start:end] = torch.tensor(row.input_ids)
-            mask[i, start:end] = torch.tensor(row.attention_mask)
-            if types is not None and row.token_type_ids is not None:
-                types[i, start:end] = torch.tensor(row.token_type_ids)
-            offsets.append(start)
-        tensors = {"input_ids": ids, "attention_mask": mask}
-        if types is not None:
-            tensors["token_type_ids"] = types
+        for row in rows:
+            fill = length - len(row.input_ids)
+            if left:
+                ids.append([pad_id] * fill + list(row.input_ids))
+                masks.append([0] * fill + list(row.attention_mask))
+                if with_types:
+                    type_rows.append([0] * fill + list(row.token_type_ids or ()))
+                offsets.append(fill)
+            else:
+                ids.append(list(row.input_ids) + [pad_id] * fill)
+                masks.append(list(row.attention_mask) + [0] * fill)
+                if with_types:
+                    type_rows.append(list(row.token_type_ids or ()) + [0] * fill)
+                offsets.append(0)
+        mask = torch.tensor(masks, dtype=torch.long)
+        tensors = {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": mask}
+        if with_types:
+            tensors["token_type_ids"] = torch.tensor(type_rows, dtype=torch.long)
         names = self.settings.tensor_input_names
         inputs = {k: v.to(loaded.device) for k, v in tensors.items() if not names or k in names}
         return inputs, mask.to(loaded.device), offsets
@@ -271,12 +362,23 @@ def _logits(outputs: Any) -> torch.Tensor:
     return outputs.logits.float()
 
 
+def _probability_maps(values: torch.Tensor, keys: list[str]) -> list[dict[str, float]]:
+    """One probability map per row of a 2-D tensor, with one softmax and
+    one ``tolist`` for all of them."""
+    return [
+        {key: round(p, PROBABILITY_DECIMALS) for key, p in zip(keys, row, strict=True)}
+        for row in torch.softmax(values, dim=-1).tolist()
+    ]
+
+
 def _probability_map(values: torch.Tensor, keys: list[str]) -> dict[str, float]:
     probs = torch.softmax(values, dim=-1).tolist()
     return {key: round(p, PROBABILITY_DECIMALS) for key, p in zip(keys, probs, strict=True)}
 
 
 class SequenceClassificationEngine(EncoderEngine):
+    tokenize_in_batch = True
+
     def extract(
         self, outputs: Any, attention_mask: torch.Tensor, rows: list[EncoderRow], offsets: list[int]
     ) -> list[torch.Tensor]:
@@ -291,12 +393,13 @@ class SequenceClassificationEngine(EncoderEngine):
     ) -> Shaped:
         n = len(results)
         labels = self.id2label() if options.labels else {}
+        logits = torch.stack(results)
         if options.raw_logits:
-            return Shaped([r.tolist() for r in results], "FP32", [n, int(results[0].numel())])
+            return Shaped(logits.tolist(), "FP32", [n, int(results[0].numel())])
         if options.probabilities:
             keys = self.class_keys(int(results[0].numel()), options, labels)
-            return Shaped([_probability_map(r, keys) for r in results], "BYTES", [n])
-        indexes = [int(r.argmax().item()) for r in results]
+            return Shaped(_probability_maps(logits, keys), "BYTES", [n])
+        indexes: list[int] = logits.argmax(dim=-1).tolist()
         if options.labels:
             return Shaped([self.label_of(i, labels) for i in indexes], "BYTES", [n])
         return Shaped(list(indexes), "INT64", [n])
@@ -328,9 +431,7 @@ class TokenClassificationEngine(EncoderEngine):
             return Shaped([r.tolist() for r in results], "FP32", [n, length, int(results[0].shape[1])])
         if options.probabilities:
             keys = self.class_keys(int(results[0].shape[1]), options, labels)
-            return Shaped(
-                [[_probability_map(position, keys) for position in r] for r in results], "BYTES", [n, length]
-            )
+            return Shaped([_probability_maps(r, keys) for r in results], "BYTES", [n, length])
         indexes = [r.argmax(dim=-1).tolist() for r in results]
         if options.labels:
             names = [[[self.label_of(i, labels) for i in row]] for row in indexes]
@@ -418,6 +519,7 @@ class FillMaskEngine(EncoderEngine):
 
 class EmbeddingEngine(EncoderEngine):
     pooling = "mean"
+    tokenize_in_batch = True
 
     def start(self, loaded: LoadedModel) -> None:
         self.pooling = _sentence_transformers_pooling(self.settings.model_path())

@@ -3,6 +3,7 @@ tokenizer and weights, the way KServe's Hugging Face server does."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -10,7 +11,9 @@ from typing import Any
 
 import torch
 
+from infergate_common import worker_metrics
 from infergate_common.errors import StartupError
+from infergate_common.gpu_check import unusable_gpu_reason
 from infergate_common.worker_api import Task
 
 from .settings import HFWorkerSettings
@@ -76,9 +79,29 @@ def resolve_device(settings: HFWorkerSettings) -> torch.device:
     if settings.device:
         device = torch.device(settings.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise StartupError(f"--device {settings.device} asked but CUDA is not available")
+            reason = gpu_warning(settings.model_name) or "no CUDA device is visible"
+            raise StartupError(f"--device {settings.device} asked but CUDA is not available: {reason}")
         return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    gpu_warning(settings.model_name)
+    return torch.device("cpu")
+
+
+@functools.cache
+def gpu_warning(model: str) -> str:
+    """Why a GPU given to this pod is unusable ('' when none was given or it works);
+    logged once, loudly, and counted in ``infergate_worker_gpu_unusable``."""
+    error = ""
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # the reason CUDA is unusable: no driver, CPU build of torch
+        error = f"{type(exc).__name__}: {exc}"
+    reason = unusable_gpu_reason(torch.cuda.is_available(), error)
+    worker_metrics.GPU_UNUSABLE.labels(model=model).set(1 if reason else 0)
+    if reason:
+        log.warning("GPU UNUSABLE: %s", reason, extra={"gpu_unusable": reason})
+    return reason
 
 
 def resolve_dtype(settings: HFWorkerSettings, device: torch.device) -> torch.dtype:

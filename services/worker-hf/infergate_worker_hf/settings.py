@@ -50,10 +50,15 @@ class HFWorkerSettings(WorkerServerSettings, WorkerLimits):
     torch_threads: int | None = Field(None, ge=1)
     # Encoder tasks: the most inputs one forward pass takes (1 disables batching).
     max_batch_size: int = Field(32, ge=1)
-    # Encoder tasks: how long a batch waits for more requests once one arrived.
-    max_batch_wait_ms: float = Field(2.0, ge=0)
+    # Encoder tasks: how long an idle model waits for more requests once one
+    # arrived (0: runs at once; requests that arrive during a forward pass
+    # form the next batch either way).
+    max_batch_wait_ms: float = Field(0.0, ge=0)
     # Generation: the most sequences in the running batch (1 disables batching).
     max_num_seqs: int = Field(16, ge=1)
+    # tool_choice "auto": the model's tool-call format (hermes, llama3_json,
+    # mistral); None: chosen by the model family.
+    tool_call_parser: str | None = None
     # Fill mask with probabilities or raw logits: the tokens returned per
     # mask, and the most a request may ask for (``top_k``).
     fill_mask_top_k: int = Field(5, ge=1)

@@ -16,6 +16,7 @@ from hf_worker_process import HFWorker
 
 from infergate_common.errors import InfergateError
 from infergate_worker_hf.batching import MicroBatcher
+from infergate_worker_hf.encoders import length_groups
 
 StartWorker = Callable[..., HFWorker]
 
@@ -64,6 +65,54 @@ def test_concurrent_requests_share_batches_and_get_their_own_results() -> None:
     assert stats["rows"] == 32 and stats["largest_batch"] == max(sizes)
 
 
+def test_an_idle_model_runs_at_once_and_gathers_while_busy() -> None:
+    """No window: the first request runs alone at once; the ones that
+    arrive during its forward pass form the next batch together."""
+    seen: list[list[int]] = []
+    running = threading.Event()
+    release = threading.Event()
+
+    def run(rows: list[int]) -> list[int]:
+        seen.append(list(rows))
+        running.set()
+        release.wait(5)
+        return [row * 2 for row in rows]
+
+    batcher = MicroBatcher(run, max_batch_size=32, max_wait_s=0.0)
+    batcher.start()
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            first = pool.submit(batcher.submit, [1])
+            assert running.wait(5)
+            later = [pool.submit(batcher.submit, [10 + i]) for i in range(5)]
+            deadline = time.monotonic() + 5
+            while len(batcher._queue) < 5 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            release.set()
+            assert first.result(5) == [2]
+            assert [f.result(5) for f in later] == [[(10 + i) * 2] for i in range(5)]
+    finally:
+        release.set()
+        batcher.stop()
+    assert seen[0] == [1]
+    assert sorted(seen[1]) == [10, 11, 12, 13, 14]
+
+
+def test_a_lone_request_does_not_wait() -> None:
+    batcher = MicroBatcher(lambda rows: [r * 2 for r in rows], max_batch_size=32, max_wait_s=0.0)
+    batcher.start()
+    try:
+        batcher.submit([0])
+        started = time.perf_counter()
+        for i in range(50):
+            assert batcher.submit([i]) == [i * 2]
+        per_request = (time.perf_counter() - started) / 50
+    finally:
+        batcher.stop()
+    # Two thread hand-offs, far below the 2 ms window this replaced.
+    assert per_request < 0.002
+
+
 def test_batch_size_one_runs_every_row_alone() -> None:
     seen: list[list[int]] = []
     batcher = MicroBatcher(_slow_double(seen), max_batch_size=1, max_wait_s=0.05)
@@ -102,6 +151,15 @@ def test_stopped_batcher_refuses_work() -> None:
     batcher.stop()
     with pytest.raises(InfergateError, match="not running"):
         batcher.submit([1])
+
+
+def test_length_groups_split_only_when_padding_would_waste_much() -> None:
+    assert length_groups([12] * 32) == [list(range(32))]
+    assert length_groups([5, 200, 6]) == [[0, 1, 2]]  # too few rows to bother
+    lengths = [10] * 28 + [300] * 4
+    short, long = length_groups(lengths)
+    assert sorted(short) == list(range(28)) and sorted(long) == [28, 29, 30, 31]
+    assert length_groups([10 + i for i in range(32)]) == [list(range(32))]
 
 
 # ---------------------------------------------------------- a real worker

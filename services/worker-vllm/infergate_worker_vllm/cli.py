@@ -17,7 +17,9 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from infergate_common import worker_metrics
 from infergate_common.errors import StartupError
+from infergate_common.gpu_check import unusable_gpu_reason
 from infergate_common.logs import configure_logging
 from infergate_common.settings import load_settings
 from infergate_common.worker_api import Backend
@@ -79,8 +81,15 @@ def serve_vllm(
         os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
     settings.engine_flags = parse_engine_flags(engine_argv)
     gpus = visible_gpu_count()
+    unusable = unusable_gpu_reason(cuda_available=gpus > 0)
+    worker_metrics.GPU_UNUSABLE.labels(model=settings.model_name).set(1 if unusable else 0)
+    if unusable:
+        if settings.device and settings.device.startswith("cuda"):
+            raise StartupError(f"--device {settings.device} asked but CUDA is not available: {unusable}")
+        log.warning("GPU UNUSABLE: %s", unusable, extra={"gpu_unusable": unusable})
     engine_args = resolve_engine_args(settings, gpus)
     engine = VllmEngine(settings, engine_args, choice, arch, device="cuda" if gpus else "cpu")
+    engine.gpu_unusable = unusable
     return run_worker(engine, settings)
 
 

@@ -36,6 +36,7 @@ from infergate_common.streams import (
     StreamEvent,
     StreamWriter,
 )
+from infergate_common.tool_calls import CallExtractor, check_tools, extract_all, forces_tool_call
 from infergate_common.worker_api import (
     Backend,
     DetokenizeRequest,
@@ -49,6 +50,8 @@ from infergate_common.worker_api import (
     TokenizeRequest,
     TokenizeResponse,
     TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
     Usage,
     WorkerInfo,
 )
@@ -60,6 +63,15 @@ from .prompts import RenderedPrompt, check_token_ids, has_chat_template, render_
 from .sampling import completion_budget, finish_reason, to_vllm
 from .settings import VllmWorkerSettings
 from .stream_batcher import StreamBatcher
+from .tools import (
+    VllmParserExtractor,
+    check_structured_outputs,
+    extractor_factory,
+    parser_name,
+    structured_outputs,
+    vllm_chat_request,
+    whole_text_calls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +79,9 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 0.25
 ENGINE_DEAD = "the vLLM engine died"
 
-Emit = Callable[[int, str, int, list[TokenLogprob] | None, FinishReason | None], None]
+Emit = Callable[
+    [int, str, int, list[TokenLogprob] | None, FinishReason | None, list[ToolCallDelta] | None], None
+]
 
 
 @dataclass
@@ -77,11 +91,17 @@ class _Job:
     prompt: RenderedPrompt
     sampling: Any
     echo: bool
+    stream: bool = False
+    forced: bool = False
+    # Tool calls: vLLM's request for its parsers, and how each choice is read.
+    chat_request: Any = None
+    new_extractor: Callable[[], CallExtractor] | None = None
 
 
 @dataclass
 class _Choice:
     mapper: LogprobMapper
+    calls: CallExtractor | None = None
     echoed: bool = False
     tokens: int = 0
     finish: FinishReason | None = None
@@ -113,10 +133,14 @@ class VllmEngine(Engine):
         self.choice = choice
         self.architecture = architecture
         self.device = device
+        # Why a GPU given to the pod is unusable ('' when none or usable): in /info.
+        self.gpu_unusable = ""
         self.loop = BackgroundLoop("vllm-asyncio")
         self.batcher = StreamBatcher(settings.redis_url)
         self.llm: Any = None
         self.tokenizer: Any = None
+        self.tool_parser = ""
+        self.tool_parser_cls: Any = None
         self.max_model_len: int | None = engine_args.max_model_len
         self.max_logprobs = 20
         self.dtype = str(engine_args.dtype)
@@ -128,6 +152,8 @@ class VllmEngine(Engine):
         self._lock = threading.Lock()
         self._active: set[str] = set()
         self._cancelled: set[str] = set()
+        # The streamed ones among the active requests (they outlive their /generate call).
+        self._stream_ids: set[str] = set()
         # Touched only on the engine's loop.
         self._streams: dict[str, _OpenStream] = {}
 
@@ -148,6 +174,7 @@ class VllmEngine(Engine):
         self.max_model_len = int(model_config.max_model_len)
         self.max_logprobs = int(model_config.max_logprobs)
         self.dtype = str(model_config.dtype).removeprefix("torch.")
+        self._load_tool_parser(getattr(model_config.hf_config, "model_type", None))
         self.loop.submit(self._watch())
         self._loaded.set()
         log.info(
@@ -155,10 +182,21 @@ class VllmEngine(Engine):
             extra={"max_model_len": self.max_model_len, "dtype": self.dtype, "device": self.device},
         )
 
+    def _load_tool_parser(self, model_type: str | None) -> None:
+        from vllm.tool_parsers import ToolParserManager
+
+        self.tool_parser = parser_name(model_type, self.settings.tool_call_parser)
+        self.tool_parser_cls = ToolParserManager.get_tool_parser(self.tool_parser)
+
     async def _start_engine(self) -> Any:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(self.engine_args)
+        from .metrics import stat_logger_factories
+
+        # Only the Prometheus loggers: vLLM's periodic throughput log line stays off (disable_log_stats).
+        return AsyncLLM.from_engine_args(
+            self.engine_args, stat_loggers=stat_logger_factories(self.settings.model_name)
+        )
 
     async def _start_batcher(self) -> None:
         self.batcher.start()
@@ -194,9 +232,12 @@ class VllmEngine(Engine):
         extra: dict[str, Any] = {
             "engine_flags": _json_safe(self.settings.engine_flags),
             "tensor_parallel_size": self.engine_args.tensor_parallel_size,
+            "tool_call_parser": self.tool_parser,
         }
         if self._loaded.is_set():
             extra["unfinished_requests"] = self.llm.get_num_unfinished_requests()
+        if self.gpu_unusable:
+            extra["gpu_unusable"] = self.gpu_unusable
         return WorkerInfo(
             name=self.settings.model_name,
             model_id=self.settings.model_path(),
@@ -248,6 +289,7 @@ class VllmEngine(Engine):
 
     def _prepare(self, request: GenerateRequest) -> _Job:
         self._require_loaded()
+        check_tools(request)
         params = request.params
         check_sampling(params, self.settings)
         check_logit_bias_vocabulary(params.logit_bias, int(self.llm.model_config.get_vocab_size()))
@@ -260,17 +302,37 @@ class VllmEngine(Engine):
                 request.messages,
                 self.settings.model_name,
                 want_offsets=echo and params.logprobs is not None,
+                tools=request.tools,
+                tools_required=request.effective_tool_choice == "auto",
             )
         assert self.max_model_len is not None
         max_tokens = completion_budget(params, len(prompt.token_ids), self.max_model_len)
         sampling = to_vllm(params, max_tokens, self.max_logprobs)
+        chat_request = vllm_chat_request(request) if request.tools else None
+        constraint = structured_outputs(request, chat_request)
+        if constraint is not None:
+            sampling.structured_outputs = constraint
+            check_structured_outputs(
+                self.llm, sampling, "tools" if forces_tool_call(request) else "response_format"
+            )
+        new_extractor = extractor_factory(request, self.tool_parser_cls, self.tokenizer, chat_request)
         with self._lock:
             if request.request_id in self._active:
                 raise InvalidRequest(
                     f"request id {request.request_id} is already in flight", param="request_id", status=409
                 )
             self._active.add(request.request_id)
-        return _Job(request.request_id, params, prompt, sampling, echo)
+        return _Job(
+            request.request_id,
+            params,
+            prompt,
+            sampling,
+            echo,
+            stream=request.stream,
+            forced=forces_tool_call(request),
+            chat_request=chat_request,
+            new_extractor=new_extractor,
+        )
 
     def generate(self, request: GenerateRequest) -> GenerateResponse:
         job = self._prepare(request)
@@ -281,8 +343,18 @@ class VllmEngine(Engine):
             raise
         return future.result()
 
+    def active_streams(self) -> list[str]:
+        with self._lock:
+            return list(self._stream_ids)
+
+    def default_capacity(self) -> int:
+        # vLLM's scheduler keeps its own waiting queue: admit a second batch's worth.
+        return 2 * int(getattr(self.engine_args, "max_num_seqs", None) or 256)
+
     def start_stream(self, request: GenerateRequest) -> None:
         job = self._prepare(request)
+        with self._lock:
+            self._stream_ids.add(request.request_id)
         # The batcher writes its entries; the writer names the stream and tracks its end.
         writer = StreamWriter(None, request.request_id, self.settings.stream_prefix)
         try:
@@ -304,6 +376,7 @@ class VllmEngine(Engine):
         with self._lock:
             self._active.discard(request_id)
             self._cancelled.discard(request_id)
+            self._stream_ids.discard(request_id)
 
     async def _complete(self, job: _Job) -> GenerateResponse:
         choices: dict[int, _Choice] = {}
@@ -314,6 +387,7 @@ class VllmEngine(Engine):
             tokens: int,
             logprobs: list[TokenLogprob] | None,
             finish: FinishReason | None,
+            tool_calls: list[ToolCallDelta] | None,
         ) -> None:
             choice = choices.setdefault(index, _Choice(LogprobMapper(0, self._decode_one)))
             choice.parts.append(text)
@@ -322,20 +396,33 @@ class VllmEngine(Engine):
 
         finish, usage, counts = await self._drive(job, collect)
         want_logprobs = job.params.logprobs is not None
-        return GenerateResponse(
-            request_id=job.request_id,
-            choices=[
+        answers = []
+        for i in range(job.params.n):
+            text = "".join(choices[i].parts) if i in choices else ""
+            text, calls = self._read_calls(job, text)
+            reason: FinishReason = "tool_calls" if calls and finish[i] == "stop" else finish[i]
+            answers.append(
                 GenerateChoice(
                     index=i,
-                    text="".join(choices[i].parts) if i in choices else "",
-                    finish_reason=finish[i],
+                    text=text,
+                    finish_reason=reason,
                     completion_tokens=counts[i],
                     logprobs=(choices[i].logprobs if i in choices else []) if want_logprobs else None,
+                    tool_calls=calls or None,
                 )
-                for i in range(job.params.n)
-            ],
-            usage=usage,
-        )
+            )
+        return GenerateResponse(request_id=job.request_id, choices=answers, usage=usage)
+
+    def _read_calls(self, job: _Job, text: str) -> tuple[str, list[ToolCall]]:
+        """A whole answer's content and calls: forced calls through the
+        shared extractor, "auto" through vLLM's parser as its server does."""
+        if job.new_extractor is None:
+            return text, []
+        if job.forced:
+            return extract_all(job.new_extractor(), text)
+        parser = self.tool_parser_cls(self.tokenizer, job.chat_request.tools)
+        content, found = whole_text_calls(parser, job.chat_request, text)
+        return content, [ToolCall(id=cid, name=name, arguments=arguments) for cid, name, arguments in found]
 
     async def _stream(self, job: _Job, writer: StreamWriter) -> None:
         stream = _OpenStream(writer)
@@ -347,8 +434,16 @@ class VllmEngine(Engine):
             tokens: int,
             logprobs: list[TokenLogprob] | None,
             finish: FinishReason | None,
+            tool_calls: list[ToolCallDelta] | None,
         ) -> None:
-            event = DeltaEvent(index=index, text=text, tokens=tokens, logprobs=logprobs, finish_reason=finish)
+            event = DeltaEvent(
+                index=index,
+                text=text,
+                tokens=tokens,
+                logprobs=logprobs,
+                finish_reason=finish,
+                tool_calls=tool_calls or None,
+            )
             self._write(stream, event)
 
         try:
@@ -371,7 +466,11 @@ class VllmEngine(Engine):
         from vllm.v1.engine.exceptions import EngineDeadError
 
         top = job.params.logprobs or 0
-        choices = [_Choice(LogprobMapper(top, self._decode_one)) for _ in range(job.params.n)]
+        read_calls = job.stream and job.new_extractor is not None
+        choices = [
+            _Choice(LogprobMapper(top, self._decode_one), job.new_extractor() if read_calls else None)  # type: ignore[misc]
+            for _ in range(job.params.n)
+        ]
         prompt_logprobs: list[Any] | None = None
         aborted = False
         try:
@@ -404,7 +503,7 @@ class VllmEngine(Engine):
         for index, choice in enumerate(choices):
             if choice.finish is None:
                 choice.finish = "abort"
-                emit(index, "", 0, None, "abort")
+                emit(index, "", 0, None, "abort", None)
         completion_tokens = sum(choice.tokens for choice in choices)
         prompt_tokens = len(job.prompt.token_ids)
         usage = Usage(
@@ -450,11 +549,18 @@ class VllmEngine(Engine):
             logprobs.extend(choice.mapper.many(token_ids, list(completion.logprobs)))
         finish = finish_reason(completion.finish_reason)
         choice.tokens += len(token_ids)
+        calls: list[ToolCallDelta] = []
+        if choice.calls is not None:
+            if isinstance(choice.calls, VllmParserExtractor):
+                choice.calls.tokens(token_ids)
+            text, calls = choice.calls.feed(text, final=finish is not None)
+            if finish == "stop" and choice.calls.calls():
+                finish = "tool_calls"
         if finish is not None:
             choice.finish = finish
-        if not text and not token_ids and finish is None:
+        if not text and not token_ids and finish is None and not calls:
             return
-        emit(completion.index, text, len(token_ids), logprobs or None, finish)
+        emit(completion.index, text, len(token_ids), logprobs or None, finish, calls)
 
     # ------------------------------------------------------------ streams
 

@@ -106,6 +106,7 @@ def parse_engine_flags(argv: Sequence[str]) -> dict[str, Any]:
 def resolve_engine_args(settings: VllmWorkerSettings, gpus: int | None = None) -> Any:
     """``AsyncEngineArgs`` for ``settings``: KServe's arguments, then the
     platform defaults, then the engine flags given (which win)."""
+    from vllm.config import StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     gpus = visible_gpu_count() if gpus is None else gpus
@@ -132,6 +133,12 @@ def resolve_engine_args(settings: VllmWorkerSettings, gpus: int | None = None) -
         values["gpu_memory_utilization"] = CPU_MEMORY_UTILIZATION
     else:
         values["dtype"] = settings.dtype
+    # Constrained decoding with xgrammar, as worker-hf, and JSON without free
+    # whitespace: a model cannot stall in endless blanks inside a forced call
+    # or a schema. --structured-outputs-config overrides both.
+    values["structured_outputs_config"] = StructuredOutputsConfig(
+        backend="xgrammar", disable_any_whitespace=True
+    )
     values.update(settings.engine_flags)
     if values["tensor_parallel_size"] < 1:
         raise StartupError(f"--tensor-parallel-size must be at least 1, got {values['tensor_parallel_size']}")

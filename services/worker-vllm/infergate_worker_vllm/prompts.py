@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from infergate_common.errors import InvalidRequest
-from infergate_common.worker_api import ChatMessage
+from infergate_common.tool_calls import template_messages
+from infergate_common.worker_api import ChatMessage, ToolSpec
 
 
 @dataclass(frozen=True)
@@ -36,14 +37,41 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
     return data
 
 
-def render_chat(tokenizer: Any, messages: list[ChatMessage], model_name: str) -> str:
+def render_chat(
+    tokenizer: Any,
+    messages: list[ChatMessage],
+    model_name: str,
+    tools: list[ToolSpec] | None = None,
+    tools_required: bool = False,
+) -> str:
+    """The chat through the template; ``tools`` rendered by it, and a 400
+    when it ignores them but the model must see them (``tools_required``)."""
     if not has_chat_template(tokenizer):
         raise InvalidRequest(
             f"model {model_name} has no chat template; use completions instead", param="messages"
         )
+    conversation = []
+    for message, prepared in zip(messages, template_messages(messages), strict=True):
+        item = _message_dict(message)
+        if "tool_calls" in prepared:
+            # Earlier calls' arguments as objects, as templates render them.
+            item["tool_calls"] = prepared["tool_calls"]
+        conversation.append(item)
+    tool_dicts = [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
+    text = _apply_template(tokenizer, conversation, tool_dicts)
+    if tool_dicts and tools_required and text == _apply_template(tokenizer, conversation, None):
+        raise InvalidRequest(
+            f"the chat template of model {model_name} cannot render tools; use tool_choice "
+            "'required' or a named function (constrained decoding serves those)",
+            param="tools",
+        )
+    return text
+
+
+def _apply_template(tokenizer: Any, conversation: list[dict[str, Any]], tools: list[Any] | None) -> str:
     try:
         text = tokenizer.apply_chat_template(
-            [_message_dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+            conversation, tools=tools, tokenize=False, add_generation_prompt=True
         )
     except Exception as exc:
         raise InvalidRequest(f"chat template failed: {exc}", param="messages") from exc
@@ -72,9 +100,11 @@ def render_prompt(
     messages: list[ChatMessage] | None,
     model_name: str,
     want_offsets: bool = False,
+    tools: list[ToolSpec] | None = None,
+    tools_required: bool = False,
 ) -> RenderedPrompt:
     if messages is not None:
-        text = render_chat(tokenizer, messages, model_name)
+        text = render_chat(tokenizer, messages, model_name, tools, tools_required)
         # The template already holds the special tokens it wants.
         token_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         rendered = RenderedPrompt(token_ids, text)

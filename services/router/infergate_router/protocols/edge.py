@@ -12,10 +12,12 @@ from typing import Any, TypeVar
 from flask import g, request
 from pydantic import BaseModel, ValidationError
 
-from infergate_common.errors import InvalidRequest
+from infergate_common.errors import InvalidRequest, ModelNotFound
 from infergate_common.registry_api import ModelRecord
 
+from ..auth import guard
 from ..limits import parse_json
+from ..routing_policies import set_route_hint
 from ..services import services
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -45,6 +47,7 @@ def parse_body(model: type[ModelT]) -> ModelT:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    set_route_hint(body, request.headers)
     return validate(model, body)
 
 
@@ -56,7 +59,9 @@ def validate(model: type[ModelT], value: Any, prefix: str = "") -> ModelT:
 
 
 def request_id() -> str:
-    return g.request_id  # type: ignore[no-any-return]
+    """The id the request's worker calls and streams go by: the public id
+    (``X-Request-Id``), prefixed with the caller's key id when there is one."""
+    return guard.internal_request_id(g.request_id)
 
 
 def client_request_id() -> bool:
@@ -78,11 +83,21 @@ def last_event_id() -> str | None:
 
 
 def resolve_model(name: str) -> ModelRecord:
-    return services().directory.resolve(request.headers.get("Host"), name)
+    """The model ``name`` as this caller may reach it: a model outside the
+    key's scopes is as unknown as one that does not exist. An inference
+    request (a POST) is counted against the rate limits here, once its
+    model is known."""
+    model = services().directory.resolve(request.headers.get("Host"), name)
+    if not guard.allows(model.name):
+        raise ModelNotFound(name)
+    if request.method == "POST":
+        guard.admit(model.name)
+    return model
 
 
 def reachable_models() -> list[ModelRecord]:
-    return services().directory.reachable(request.headers.get("Host"))
+    models = services().directory.reachable(request.headers.get("Host"))
+    return [model for model in models if guard.allows(model.name)]
 
 
 def ready(model: ModelRecord) -> bool:

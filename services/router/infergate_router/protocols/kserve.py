@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Response
+from flask import Response, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from infergate_common.errors import InfergateError, InvalidRequest
@@ -21,6 +21,7 @@ from infergate_common.worker_api import (
 )
 
 from .. import limits
+from ..client_watch import client_watch
 from ..limits import logit_bias_ids
 from ..services import services
 from .edge import run_all, validate
@@ -54,6 +55,9 @@ class Parameters(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     ignore_eos: bool | None = None
+    # Tabular models: class probabilities (scikit-learn), untransformed margins (XGBoost, LightGBM).
+    predict_proba: bool | None = None
+    raw_margin: bool | None = None
 
     def merged(self, other: Parameters | None) -> Parameters:
         if other is None:
@@ -147,7 +151,7 @@ def generate_all(model: ModelRecord, requests: list[GenerateRequest]) -> list[Ge
     svc = services()
 
     def one(req: GenerateRequest) -> GenerateResponse:
-        response = svc.dispatcher.call(model, lambda url: svc.workers.generate(url, req))
+        response = svc.dispatcher.generate(model, req, client_watch(request.environ))
         svc.metrics.tokens(model.name, response.usage.prompt_tokens, response.usage.completion_tokens)
         return response
 

@@ -22,9 +22,12 @@ from infergate_common.registry_api import ModelRecord
 from infergate_common.streams import stream_key
 from infergate_common.worker_api import GenerateRequest
 
+from ..auth import guard
+from ..metered_stream import MeteredFormatter
 from ..relay import StreamFormatter, relay
 from ..services import services
 from ..sse import sse_response
+from ..usage import TokenCount
 from .edge import client_request_id, last_event_id, request_id
 
 
@@ -43,9 +46,7 @@ def stream_response(
         if resume_from is not None:
             key = stream_key(svc.settings.stream_prefix, requests[0].request_id)
             if not svc.reader.exists(key):
-                raise NotFound(
-                    f"no stream for request {requests[0].request_id}; it ended long ago or never began"
-                )
+                raise NotFound(f"no stream for request {g.request_id}; it ended long ago or never began")
             svc.dispatcher.resume_stream(group, requests[0].request_id, resume_from)
         else:
             if client_request_id():
@@ -61,8 +62,19 @@ def stream_response(
     except BaseException:
         group.close()
         raise
-    events = relay(group, formatter, svc.metrics, model.name, g.started_at, request_id())
-    return sse_response(events, on_close=group.close, pending=group.queue.qsize)
+    # A resumed stream's tokens were charged to the request that started it.
+    tokens = guard.stream_tokens() if resume_from is None else TokenCount()
+    metered = MeteredFormatter(formatter, tokens, g.request_id)
+    events = relay(group, metered, svc.metrics, model.name, g.started_at, request_id())
+    settle = guard.stream_settler()
+
+    def close() -> None:
+        try:
+            group.close()
+        finally:
+            settle()
+
+    return sse_response(events, on_close=close, pending=group.queue.qsize)
 
 
 def replay_response(request_id: str, model: str, formatter: StreamFormatter, last_id: str) -> Response:
@@ -70,12 +82,14 @@ def replay_response(request_id: str, model: str, formatter: StreamFormatter, las
     svc = services()
     key = stream_key(svc.settings.stream_prefix, request_id)
     if not svc.reader.exists(key):
-        raise NotFound(f"no stream for request {request_id}; it ended long ago or never began")
+        raise NotFound(f"no stream for request {g.request_id}; it ended long ago or never began")
     group = svc.dispatcher.stream_group()
     try:
         svc.dispatcher.resume_stream(group, request_id, last_id)
     except BaseException:
         group.close()
         raise
-    events = relay(group, formatter, svc.metrics, model, g.started_at, request_id)
+    # A replay is not charged again: the original request was.
+    metered = MeteredFormatter(formatter, guard.stream_tokens(), g.request_id)
+    events = relay(group, metered, svc.metrics, model, g.started_at, request_id)
     return sse_response(events, on_close=group.close, pending=group.queue.qsize)

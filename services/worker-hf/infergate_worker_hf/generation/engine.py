@@ -7,18 +7,21 @@ import logging
 import threading
 from typing import Any
 
+from infergate_common import worker_metrics
 from infergate_common.errors import InvalidRequest, ServiceUnavailable
 from infergate_common.limits import check_logit_bias_vocabulary, check_sampling
+from infergate_common.tool_calls import DEFAULT_PARSER, check_tools, extractor_factory, parser_name_for
 from infergate_common.worker_api import GenerateRequest, GenerateResponse, Task
 
 from ..base_engine import HFEngine
 from ..loading import LoadedModel
 from ..settings import HFWorkerSettings
+from .constraints import GrammarCache, TokenConstraint, constraint_for
 from .detokenizer import TokenTexts
 from .prompts import eos_token_ids, logits_width, prepare_prompt
 from .runners import runner_for
 from .scheduler import Scheduler
-from .sequence import ChoiceState, Job
+from .sequence import ChoiceState, Job, PreparedPrompt
 from .sinks import Sink, StreamOutbox, StreamSink
 
 log = logging.getLogger(__name__)
@@ -36,11 +39,17 @@ class GenerationEngine(HFEngine):
         self.eos_ids: frozenset[int] = frozenset()
         self._jobs: dict[str, Job] = {}
         self._jobs_lock = threading.Lock()
+        self._grammars: GrammarCache | None = None
+        self._grammar_lock = threading.Lock()
+        self.tool_parser = DEFAULT_PARSER
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self, loaded: LoadedModel) -> None:
         self.texts = TokenTexts(loaded.tokenizer)
+        self.tool_parser = parser_name_for(
+            getattr(loaded.config, "model_type", None), self.settings.tool_call_parser
+        )
         self.eos_ids = eos_token_ids(loaded)
         self.outbox = StreamOutbox(self.redis, self.settings.stream_prefix)
         self.scheduler = Scheduler(
@@ -49,8 +58,10 @@ class GenerationEngine(HFEngine):
             loaded.tokenizer,
             max_num_seqs=self.settings.max_num_seqs,
             after_iteration=self.outbox.flush,
+            model=self.settings.model_name,
         )
         self.scheduler.start()
+        worker_metrics.track_load(self.settings.model_name, self.scheduler.load)
 
     def stop(self) -> None:
         if self.scheduler is not None:
@@ -63,6 +74,15 @@ class GenerationEngine(HFEngine):
             return False, "generation scheduler is not running"
         return True, ""
 
+    def active_streams(self) -> list[str]:
+        with self._jobs_lock:
+            return [rid for rid, job in self._jobs.items() if isinstance(job.sink, StreamSink)]
+
+    def default_capacity(self) -> int:
+        # The running batch and as many again waiting, twice over: deep
+        # enough to keep the batch full, short enough to answer in time.
+        return 4 * self.settings.max_num_seqs
+
     def extra_info(self) -> dict[str, Any]:
         scheduler = self.scheduler
         if scheduler is None:
@@ -70,7 +90,9 @@ class GenerationEngine(HFEngine):
         return {
             "max_num_seqs": self.settings.max_num_seqs,
             "batching": scheduler.runner.description,
+            "tool_call_parser": self.tool_parser,
             **scheduler.load(),
+            **(self._grammars.stats() if self._grammars is not None else {}),
         }
 
     # ---------------------------------------------------------- generation
@@ -80,9 +102,11 @@ class GenerationEngine(HFEngine):
         scheduler, texts = self.scheduler, self.texts
         if scheduler is None or texts is None or not scheduler.alive():
             raise ServiceUnavailable("the generation engine is not running")
+        check_tools(request)
         check_sampling(request.params, self.settings)
         check_logit_bias_vocabulary(request.params.logit_bias, logits_width(loaded))
         prompt = prepare_prompt(request, loaded, self.render_chat, self.encode_text, self.eos_ids)
+        self._add_constraints(request, prompt)
         with self._jobs_lock:
             if request.request_id in self._jobs:
                 raise InvalidRequest(
@@ -106,6 +130,24 @@ class GenerationEngine(HFEngine):
                 sink.outbox.release(sink)
             raise
         return job
+
+    def _add_constraints(self, request: GenerateRequest, prompt: PreparedPrompt) -> None:
+        """Grammar and tool-call reading for the request's choices; the
+        grammar compiles here, on the HTTP thread, not in the batch loop."""
+        spec = constraint_for(request)
+        if spec is not None:
+            grammar = self.grammars().compiled(spec)
+            prompt.new_constraint = lambda: TokenConstraint(grammar)
+        prompt.new_extractor = extractor_factory(request, self.tool_parser)
+
+    def grammars(self) -> GrammarCache:
+        """The grammar compiler of this model's tokenizer, made on first use."""
+        with self._grammar_lock:
+            if self._grammars is None:
+                loaded = self.require_loaded()
+                vocab_size = getattr(loaded.config, "vocab_size", None) or len(loaded.tokenizer)
+                self._grammars = GrammarCache(loaded.tokenizer, vocab_size, sorted(self.eos_ids))
+            return self._grammars
 
     def _forget(self, job: Job) -> None:
         with self._jobs_lock:

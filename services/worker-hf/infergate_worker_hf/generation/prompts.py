@@ -102,7 +102,11 @@ def prepare_prompt(
         )
     tokenizer = loaded.tokenizer
     if request.messages is not None:
-        prompt_text = render_chat(request.messages)
+        prompt_text = render_chat(
+            request.messages,
+            tools=request.tools,
+            tools_required=request.effective_tool_choice == "auto",
+        )
         # The chat template already holds the special tokens it wants.
         ids = encode_text(prompt_text, add_special_tokens=False)
     elif isinstance(request.prompt, str):

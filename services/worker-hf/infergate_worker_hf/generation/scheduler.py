@@ -14,14 +14,17 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from infergate_common import worker_metrics
 from infergate_common.errors import InfergateError, ServiceUnavailable
 from infergate_common.worker_api import TokenLogprob, TopLogprob
 
+from .constraints import mask_logits
 from .detokenizer import IncrementalDetokenizer, TokenTexts
 from .runners import BatchRunner, Prefilled
 from .sampling import TokenChoice, prompt_logprobs, sample
@@ -46,8 +49,11 @@ class Scheduler:
         tokenizer: Any,
         max_num_seqs: int,
         after_iteration: Callable[[], None] | None = None,
+        model: str = "",
     ) -> None:
         self.runner = runner
+        # The `model` label of the worker metrics.
+        self.model = model
         # Called after every admission round and decoding step (sends the
         # stream entries they produced).
         self.after_iteration = after_iteration
@@ -170,6 +176,10 @@ class Scheduler:
             jobs = self._take_admissible()
             if not jobs:
                 return
+            admitted = time.monotonic()
+            for job in jobs:
+                worker_metrics.observe_queue_time(self.model, admitted - job.created)
+            worker_metrics.observe_batch(self.model, "prefill", sum(job.n for job in jobs))
             try:
                 prefilled = self.runner.prefill(jobs)
             except Exception as exc:
@@ -203,6 +213,7 @@ class Scheduler:
         self.peak_rows = max(self.peak_rows, len(self.rows))
 
     def _decode_step(self) -> None:
+        worker_metrics.observe_batch(self.model, "decode", len(self.rows))
         tokens = torch.tensor(self.next_tokens, dtype=torch.long, device=self.runner.device)
         try:
             self.state, logits = self.runner.step(self.state, tokens)
@@ -219,6 +230,8 @@ class Scheduler:
     # ------------------------------------------------------------- helpers
 
     def _sample(self, rows: list[ChoiceState], logits: torch.Tensor) -> list[TokenChoice]:
+        if any(row.constraint is not None for row in rows):
+            logits = mask_logits(logits, [row.constraint for row in rows])
         return sample(
             logits,
             [row.sampler for row in rows],

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from infergate_common.errors import InfergateError
+from infergate_common.tool_calls import CallExtractor, extract_all
 from infergate_common.worker_api import (
     FinishReason,
     GenerateChoice,
     GenerateResponse,
     SamplingParams,
     TokenLogprob,
+    ToolCall,
     TopLogprob,
     Usage,
 )
@@ -25,6 +27,7 @@ from .sampling import RowSampler, TokenChoice, choice_generator
 from .stop import StopStrings
 
 if TYPE_CHECKING:
+    from .constraints import TokenConstraint
     from .sinks import Sink
 
 
@@ -39,6 +42,10 @@ class PreparedPrompt:
     # The text echoed before each completion (None: no echo).
     echo_text: str | None
     eos_ids: frozenset[int]
+    # Constrained decoding: a fresh grammar state per choice (None: free text).
+    new_constraint: Callable[[], TokenConstraint] | None = None
+    # Tool calls: a fresh extractor per choice (None: the text is all content).
+    new_extractor: Callable[[], CallExtractor] | None = None
 
 
 class ChoiceState:
@@ -61,6 +68,16 @@ class ChoiceState:
         self.unsent_tokens = 0
         self.unsent_logprobs: list[TokenLogprob] = []
         self.echo_sent = False
+        self.constraint = job.prompt.new_constraint() if job.prompt.new_constraint else None
+        # The stream's extractor; JSON answers read the whole text with a fresh one.
+        self.calls = job.prompt.new_extractor() if job.prompt.new_extractor else None
+
+    @property
+    def reported_finish_reason(self) -> FinishReason | None:
+        """ "tool_calls" when a choice that stopped made calls."""
+        if self.finish_reason == "stop" and self.calls is not None and self.calls.calls():
+            return "tool_calls"
+        return self.finish_reason
 
     @property
     def finished(self) -> bool:
@@ -95,6 +112,10 @@ class ChoiceState:
             entry = self._logprob_entry(picked, offset_before)
             self.logprobs.append(entry)
             self.unsent_logprobs.append(entry)
+        if self.constraint is not None and not self.constraint.accept(token):
+            # Only a token the grammar allowed was sampled: the grammar is complete.
+            self._finish("stop")
+            return
         if token in prompt.eos_ids and not prompt.params.ignore_eos:
             self._finish("stop")
             return
@@ -131,12 +152,20 @@ class ChoiceState:
         return len(self.text) - self.stops.held_back(self.text)
 
     def choice(self) -> GenerateChoice:
+        text = self.text
+        reason: FinishReason = self.finish_reason or "abort"
+        tool_calls: list[ToolCall] | None = None
+        if self.job.prompt.new_extractor is not None:
+            text, tool_calls = extract_all(self.job.prompt.new_extractor(), self.text)
+            if tool_calls and reason == "stop":
+                reason = "tool_calls"
         return GenerateChoice(
             index=self.index,
-            text=(self.job.prompt.echo_text or "") + self.text,
-            finish_reason=self.finish_reason or "abort",
+            text=(self.job.prompt.echo_text or "") + text,
+            finish_reason=reason,
             completion_tokens=len(self.tokens),
             logprobs=(self.job.prompt_logprobs or []) + self.logprobs if self.logprobs is not None else None,
+            tool_calls=tool_calls or None,
         )
 
 

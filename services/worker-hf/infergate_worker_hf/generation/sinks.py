@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from infergate_common.errors import InfergateError
 from infergate_common.streams import HEARTBEAT_INTERVAL_S, StreamWriter
-from infergate_common.worker_api import TokenLogprob
+from infergate_common.worker_api import TokenLogprob, ToolCallDelta
 
 if TYPE_CHECKING:
     from .sequence import ChoiceState, Job
@@ -195,13 +195,17 @@ class StreamSink(Sink):
                 text = echo + text
                 if logprobs is not None:
                     logprobs = (choice.job.prompt_logprobs or []) + logprobs
-        if not text and not choice.finished:
+        calls: list[ToolCallDelta] = []
+        if choice.calls is not None:
+            text, calls = choice.calls.feed(text, final=choice.finished)
+        if not text and not calls and not choice.finished:
+            choice.sent_chars = end
             return
-        tokens, reason, index = choice.unsent_tokens, choice.finish_reason, choice.index
+        tokens, reason, index = choice.unsent_tokens, choice.reported_finish_reason, choice.index
         choice.sent_chars = end
         choice.unsent_tokens = 0
         choice.unsent_logprobs = []
-        self._send(lambda: self.writer.delta(index, text, tokens, logprobs, reason))
+        self._send(lambda: self.writer.delta(index, text, tokens, logprobs, reason, calls))
 
     def done(self, job: Job) -> None:
         reasons = {choice.index: choice.finish_reason or "abort" for choice in job.choices}

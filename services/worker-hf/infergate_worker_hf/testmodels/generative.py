@@ -45,13 +45,24 @@ CORPUS = [
 ]
 
 # A Zephyr-style template: roles as plain text, each turn closed by EOS.
+# With tools it adds a Hermes-style system turn listing them, renders the
+# tool calls of assistant turns as <tool_call> JSON and tool results as
+# "tool" turns (without tools the text is the same as before).
 LLAMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}<|system|>\nYou may call one or more functions. The functions:\n<tools>\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}</tools>\n"
+    'Answer each call as <tool_call>{"name": <name>, "arguments": <arguments object>}</tool_call>'
+    "{{ eos_token }}\n{% endif %}"
     "{% for message in messages %}"
     "<|{{ message['role'] }}|>\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% elif message['content'] %}{% for part in message['content'] %}"
     "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if message['tool_calls'] %}{% for call in message['tool_calls'] %}"
+    "<tool_call>{\"name\": {{ call['function']['name'] | tojson }}, "
+    "\"arguments\": {{ call['function']['arguments'] | tojson }}}</tool_call>"
+    "{% endfor %}{% endif %}"
     "{{ eos_token }}\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"

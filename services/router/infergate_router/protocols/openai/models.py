@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from infergate_common.limits import SEED_MAX, SEED_MIN
-from infergate_common.worker_api import ChatMessage
+from infergate_common.worker_api import ChatMessage, ResponseFormat, ToolChoice, ToolSpec
 
 # ------------------------------------------------------------------ requests
 
@@ -60,6 +60,11 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Tools and structured outputs (docs/tools.md).
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
 
 class EmbeddingRequest(_Request):
@@ -124,9 +129,22 @@ class ChatLogprobs(BaseModel):
     content: list[ChatTokenLogprob] | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ChatToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    # null when the answer is only tool calls.
+    content: str | None
+    tool_calls: list[ChatToolCall] | None = Field(None, exclude_if=lambda calls: not calls)
 
 
 class ChatChoice(BaseModel):
@@ -213,3 +231,5 @@ class StreamNote(BaseModel):
     created: int
     n: int
     include_usage: bool
+    # The id of the API key that opened the stream ('' without a key): only it may resume.
+    owner: str = ""

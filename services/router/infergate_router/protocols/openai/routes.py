@@ -9,7 +9,7 @@ import time
 from flask import Blueprint, Response, request
 from pydantic import BaseModel
 
-from infergate_common.errors import InfergateError, InvalidRequest, NotFound
+from infergate_common.errors import InfergateError, InvalidRequest, NotFound, Overloaded
 from infergate_common.registry_api import ModelRecord
 from infergate_common.worker_api import (
     DetokenizeRequest,
@@ -20,6 +20,8 @@ from infergate_common.worker_api import (
 )
 
 from ... import limits
+from ...auth import guard
+from ...client_watch import client_watch
 from ...services import services
 from ..edge import ENTRY_ID, parse_body, reachable_models, ready, request_id, resolve_model, run_all
 from ..streaming import replay_response, stream_response
@@ -37,10 +39,12 @@ from .models import (
 from .streaming import ChatStream, CompletionStream
 from .translate import (
     chat_completion,
+    chat_generate_request,
     chat_params,
     completion,
     completion_params,
     completion_prompts,
+    embedding_inputs,
     embeddings,
     require_chat,
     require_embeddings,
@@ -65,7 +69,9 @@ def render_error(error: InfergateError) -> Response:
     body = ErrorBody(
         error=ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)
     )
-    return Response(body.model_dump_json(), status=error.status, mimetype="application/json")
+    # OpenAI clients back off and retry on 429; KServe's answer to the same is 503.
+    status = 429 if isinstance(error, Overloaded) else error.status
+    return Response(body.model_dump_json(), status=status, mimetype="application/json")
 
 
 def _json(model: BaseModel) -> Response:
@@ -97,7 +103,7 @@ def get_model(name: str) -> Response:
 
 def _generate(model: ModelRecord, req: GenerateRequest) -> GenerateResponse:
     svc = services()
-    response = svc.dispatcher.call(model, lambda url: svc.workers.generate(url, req))
+    response = svc.dispatcher.generate(model, req, client_watch(request.environ))
     svc.metrics.tokens(model.name, response.usage.prompt_tokens, response.usage.completion_tokens)
     return response
 
@@ -126,7 +132,12 @@ def completions() -> Response:
             f"cmpl-{rid}", created, model.name, params.n, include_usage, single=len(requests) == 1
         )
         note = StreamNote(
-            kind="completion", model=model.name, created=created, n=params.n, include_usage=include_usage
+            kind="completion",
+            model=model.name,
+            created=created,
+            n=params.n,
+            include_usage=include_usage,
+            owner=guard.owner(),
         )
         return stream_response(model, requests, formatter, note.model_dump_json())
     responses = run_all([lambda req=req: _generate(model, req) for req in requests])  # type: ignore[misc]
@@ -144,7 +155,7 @@ def chat_completions() -> Response:
     limits.check_generation(params, model)
     rid = request_id()
     created = int(time.time())
-    req = GenerateRequest(request_id=rid, messages=body.messages, params=params, stream=bool(body.stream))
+    req = chat_generate_request(rid, body, params)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         formatter = ChatStream(
@@ -157,22 +168,35 @@ def chat_completions() -> Response:
             resumed=request.headers.get("Last-Event-ID") is not None,
         )
         note = StreamNote(
-            kind="chat", model=model.name, created=created, n=params.n, include_usage=include_usage
+            kind="chat",
+            model=model.name,
+            created=created,
+            n=params.n,
+            include_usage=include_usage,
+            owner=guard.owner(),
         )
         return stream_response(model, [req], formatter, note.model_dump_json())
     return _json(chat_completion(rid, created, model.name, _generate(model, req)))
 
 
-@blueprint.get("/streams/<request_id>")
-def resume_stream(request_id: str) -> Response:
-    """Replay an OpenAI stream from ``Last-Event-ID`` (see ``protocols.streaming``)."""
+@blueprint.get("/streams/<public_id>")
+def resume_stream(public_id: str) -> Response:
+    """Replay an OpenAI stream from ``Last-Event-ID`` (see ``protocols.streaming``);
+    only the key that opened a stream reaches it (the id is looked up under
+    the caller's key, and the note names its owner)."""
     last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     if last_id is not None and not ENTRY_ID.match(last_id.strip()):
         raise InvalidRequest("Last-Event-ID must be a stream entry id such as 1700000000000-0")
+    missing = NotFound(f"no stream for request {public_id}; it ended long ago or never began")
+    if guard.NAMESPACE_SEPARATOR in public_id:
+        raise missing
+    request_id = guard.internal_request_id(public_id)
     raw = services().reader.read_note(services().dispatcher.note_key(request_id))
     if raw is None:
-        raise NotFound(f"no stream for request {request_id}; it ended long ago or never began")
+        raise missing
     note = StreamNote.model_validate_json(raw)
+    if note.owner != guard.owner():
+        raise missing
     resumed = last_id is not None
     formatter: CompletionStream | ChatStream
     if note.kind == "chat":
@@ -192,36 +216,13 @@ def resume_stream(request_id: str) -> Response:
     return replay_response(request_id, note.model, formatter, (last_id or "0-0").strip())
 
 
-def _embedding_inputs(
-    raw: str | list[str] | list[int] | list[list[int]],
-) -> tuple[list[str], list[list[int]]]:
-    """Texts, or token id lists to detokenize first (LangChain sends tokens)."""
-    texts: list[str] = []
-    tokens: list[list[int]] = []
-    if isinstance(raw, str):
-        texts = [raw]
-    elif not raw:
-        raise InvalidRequest("input must not be empty", param="input")
-    elif all(isinstance(item, int) for item in raw):
-        tokens = [[int(item) for item in raw]]  # type: ignore[arg-type]
-    else:
-        for item in raw:
-            if isinstance(item, str):
-                texts.append(item)
-            elif isinstance(item, list):
-                tokens.append([int(i) for i in item])
-    if any(not text for text in texts) or any(not ids for ids in tokens):
-        raise InvalidRequest("input must not contain empty strings or empty token lists", param="input")
-    return texts, tokens
-
-
 @blueprint.post("/embeddings")
 def create_embeddings() -> Response:
     body = parse_body(EmbeddingRequest)
     refuse_unsupported(body, unsupported.EMBEDDINGS)
     model = resolve_model(body.model)
     require_embeddings(model)
-    texts, tokens = _embedding_inputs(body.input)
+    texts, tokens = embedding_inputs(body.input)
     limits.check_embedding_inputs(len(texts) + len(tokens))
     svc = services()
     rid = request_id()

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import base64
 import struct
+from typing import Any
 
 from infergate_common.errors import InvalidRequest
 from infergate_common.registry_api import ModelRecord
+from infergate_common.tool_calls import check_tools
 from infergate_common.worker_api import (
     EncodeResponse,
     FinishReason,
+    GenerateRequest,
     GenerateResponse,
     SamplingParams,
     Task,
     TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
 )
 
 from ...limits import logit_bias_ids
@@ -24,6 +29,7 @@ from .models import (
     ChatCompletionRequest,
     ChatLogprobs,
     ChatTokenLogprob,
+    ChatToolCall,
     Completion,
     CompletionChoice,
     CompletionLogprobs,
@@ -31,6 +37,7 @@ from .models import (
     Embedding,
     EmbeddingList,
     EmbeddingUsage,
+    FunctionCall,
     TopLogprob,
     Usage,
     _Sampling,
@@ -38,7 +45,13 @@ from .models import (
 
 # The worker's reasons that OpenAI does not have: a cancelled or failed
 # choice simply stopped.
-_FINISH: dict[str, str] = {"stop": "stop", "length": "length", "abort": "stop", "error": "stop"}
+_FINISH: dict[str, str] = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "stop",
+    "error": "stop",
+    "tool_calls": "tool_calls",
+}
 
 
 def finish_reason(reason: FinishReason | str | None) -> str | None:
@@ -48,9 +61,17 @@ def finish_reason(reason: FinishReason | str | None) -> str | None:
 # ----------------------------------------------------------- model checks
 
 
+_TABULAR_HINT = (
+    " It predicts from numeric rows: use KServe v1 POST /v1/models/<name>:predict or v2 "
+    "POST /v2/models/<name>/infer."
+)
+
+
 def require_generative(model: ModelRecord, route: str) -> None:
     if not model.task.generative:
         hint = " Use /openai/v1/embeddings." if model.task == Task.TEXT_EMBEDDING else ""
+        if model.task == Task.TABULAR:
+            hint = _TABULAR_HINT
         raise InvalidRequest(
             f"Model {model.name} is a {model.task.value} model and does not support {route}.{hint}",
             param="model",
@@ -69,8 +90,9 @@ def require_chat(model: ModelRecord) -> None:
 
 def require_embeddings(model: ModelRecord) -> None:
     if model.task != Task.TEXT_EMBEDDING:
+        hint = _TABULAR_HINT if model.task == Task.TABULAR else ""
         raise InvalidRequest(
-            f"Model {model.name} is a {model.task.value} model and does not support /embeddings.",
+            f"Model {model.name} is a {model.task.value} model and does not support /embeddings.{hint}",
             param="model",
         )
 
@@ -136,6 +158,29 @@ def completion_prompts(prompt: str | list[str] | list[int] | list[list[int]]) ->
     if any(isinstance(item, list) and not item for item in prompts):
         raise InvalidRequest("a token prompt must not be empty", param="prompt")
     return prompts
+
+
+def embedding_inputs(
+    raw: str | list[str] | list[int] | list[list[int]],
+) -> tuple[list[str], list[list[int]]]:
+    """Texts, or token id lists to detokenize first (LangChain sends tokens)."""
+    texts: list[str] = []
+    tokens: list[list[int]] = []
+    if isinstance(raw, str):
+        texts = [raw]
+    elif not raw:
+        raise InvalidRequest("input must not be empty", param="input")
+    elif all(isinstance(item, int) for item in raw):
+        tokens = [[int(item) for item in raw]]  # type: ignore[arg-type]
+    else:
+        for item in raw:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, list):
+                tokens.append([int(i) for i in item])
+    if any(not text for text in texts) or any(not ids for ids in tokens):
+        raise InvalidRequest("input must not contain empty strings or empty token lists", param="input")
+    return texts, tokens
 
 
 # ------------------------------------------------------------- logprobs
@@ -204,11 +249,73 @@ def completion(
     )
 
 
+def tool_calls(calls: list[ToolCall] | None) -> list[ChatToolCall] | None:
+    if not calls:
+        return None
+    return [
+        ChatToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
+        for call in calls
+    ]
+
+
+def tool_call_deltas(deltas: list[ToolCallDelta]) -> list[dict[str, Any]]:
+    """OpenAI's ``delta.tool_calls`` entries: id, type and name on a call's
+    first piece, argument text on the later ones."""
+    rendered: list[dict[str, Any]] = []
+    for delta in deltas:
+        if delta.id is not None:
+            function = {"name": delta.name or "", "arguments": delta.arguments}
+            rendered.append({"index": delta.index, "id": delta.id, "type": "function", "function": function})
+        else:
+            rendered.append({"index": delta.index, "function": {"arguments": delta.arguments}})
+    return rendered
+
+
+def tool_call_chunks(deltas: list[ToolCallDelta]) -> list[list[ToolCallDelta]]:
+    """The pieces of one worker delta as OpenAI streams them, one chunk's
+    worth each: a call's id and name alone first (empty arguments), then its
+    arguments, and never two pieces of one call in the same chunk (clients
+    merge pieces across chunks by index, not within one)."""
+    chunks: list[list[ToolCallDelta]] = [[]]
+    for delta in deltas:
+        pieces = [delta]
+        if delta.id is not None and delta.arguments:
+            pieces = [
+                delta.model_copy(update={"arguments": ""}),
+                ToolCallDelta(index=delta.index, arguments=delta.arguments),
+            ]
+        for piece in pieces:
+            if any(other.index == piece.index for other in chunks[-1]):
+                chunks.append([])
+            chunks[-1].append(piece)
+    return chunks
+
+
+def chat_generate_request(
+    request_id: str, body: ChatCompletionRequest, params: SamplingParams
+) -> GenerateRequest:
+    req = GenerateRequest(
+        request_id=request_id,
+        messages=body.messages,
+        params=params,
+        stream=bool(body.stream),
+        tools=body.tools,
+        tool_choice=body.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls,
+        response_format=body.response_format,
+    )
+    check_tools(req)
+    return req
+
+
 def chat_completion(request_id: str, created: int, model: str, response: GenerateResponse) -> ChatCompletion:
     choices = [
         ChatChoice(
             index=choice.index,
-            message=AssistantMessage(content=choice.text),
+            message=AssistantMessage(
+                content=None if choice.tool_calls and not choice.text else choice.text,
+                tool_calls=tool_calls(choice.tool_calls),
+            ),
             logprobs=chat_logprobs(choice.logprobs),
             finish_reason=finish_reason(choice.finish_reason),
         )

@@ -10,12 +10,12 @@ from flask import Blueprint, Response
 
 from infergate_common.errors import InfergateError, ServiceUnavailable
 from infergate_common.streams import DeltaEvent, DoneEvent, ErrorEvent
-from infergate_common.worker_api import Usage
+from infergate_common.worker_api import Task, Usage
 
 from ... import limits
 from ...sse import DONE, SseEvent
 from ...stream_reader import Entry
-from .. import kserve
+from .. import kserve, tabular
 from ..edge import parse_body, reachable_models, ready, request_id, resolve_model
 from ..streaming import stream_response
 from .models import ModelNames, ModelReady, PredictRequest, PredictResponse, StreamChunk
@@ -84,6 +84,10 @@ def predict(name: str) -> Response:
     limits.check_v1_instances(len(items), where)
     params = kserve.parameters(body.parameters)
     rid = request_id()
+    if model.task == Task.TABULAR:
+        shape, data = tabular.v1_rows(items, where)
+        result = tabular.predict(model, rid, shape, data, params.predict_proba, params.raw_margin)
+        return _json(PredictResponse(predictions=result.predictions))
     if not model.task.generative:
         response = kserve.encode(model, rid, kserve.texts(items, where), params)
         return _json(

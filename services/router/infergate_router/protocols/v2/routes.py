@@ -14,8 +14,9 @@ from infergate_common.worker_api import Task
 
 from ... import __version__, limits
 from ...services import services
-from .. import kserve
+from .. import kserve, tabular
 from ..edge import parse_body, reachable_models, ready, request_id, resolve_model
+from . import binary
 from .models import (
     InferInput,
     InferOutput,
@@ -38,6 +39,7 @@ _OUTPUT_TYPES = {
     Task.TEXT_EMBEDDING: ("FP32", [-1, -1]),
     Task.TEXT_GENERATION: ("BYTES", [-1]),
     Task.TEXT2TEXT_GENERATION: ("BYTES", [-1]),
+    Task.TABULAR: ("FP32", [-1]),
 }
 
 
@@ -74,6 +76,8 @@ def server_ready() -> Response:
 @blueprint.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None) -> Response:
     model = resolve_model(name)
+    if model.task == Task.TABULAR:
+        return _json(_tabular_metadata(model))
     datatype, shape = _OUTPUT_TYPES[model.task]
     return _json(
         ModelMetadata(
@@ -83,6 +87,23 @@ def model_metadata(name: str, version: str | None = None) -> Response:
             inputs=[TensorMetadata(name="input-0", datatype="BYTES", shape=[-1])],
             outputs=[TensorMetadata(name="output-0", datatype=datatype, shape=shape)],
         )
+    )
+
+
+def _tabular_metadata(model: ModelRecord) -> ModelMetadata:
+    """Inputs and outputs from the schema the worker registered."""
+    schema = tabular.schema(model)
+    features = schema.n_features if schema else -1
+    outputs = [TensorMetadata(name="output-0", datatype="FP32", shape=[-1])]
+    if schema is not None:
+        shape = [-1] if schema.outputs == 1 else [-1, schema.outputs]
+        outputs = [TensorMetadata(name="output-0", datatype=schema.output_datatype, shape=shape)]
+    return ModelMetadata(
+        name=model.name,
+        versions=[model.revision] if model.revision else [],
+        platform=f"infergate/{model.backend.value}",
+        inputs=[TensorMetadata(name="input-0", datatype="FP32", shape=[-1, features])],
+        outputs=outputs,
     )
 
 
@@ -155,7 +176,27 @@ def _input_texts(body: InferRequest) -> list[str]:
     return data
 
 
+def _infer_tabular(model: ModelRecord, body: InferRequest) -> InferResponse:
+    if len(body.inputs) != 1:
+        raise InvalidRequest(
+            f"a tabular model takes one input tensor of shape [rows, features], got {len(body.inputs)}"
+        )
+    tensor = body.inputs[0]
+    params = kserve.parameters(body.parameters).merged(
+        kserve.parameters(tensor.parameters, "inputs.0.parameters")
+    )
+    shape, data = tabular.v2_rows(tensor.name, tensor.datatype, tensor.shape, tensor.data)
+    rid = request_id()
+    result = tabular.predict(model, rid, shape, data, params.predict_proba, params.raw_margin)
+    output = InferOutput(
+        name="output-0", shape=result.shape, datatype=result.datatype, data=_flatten(result.predictions)
+    )
+    return InferResponse(model_name=model.name, id=body.id or rid, outputs=[output])
+
+
 def _infer(model: ModelRecord, body: InferRequest) -> InferResponse:
+    if model.task == Task.TABULAR:
+        return _infer_tabular(model, body)
     texts = _input_texts(body)
     params = kserve.parameters(body.parameters).merged(
         kserve.parameters(body.inputs[0].parameters, "inputs.0.parameters")
@@ -197,6 +238,6 @@ def _infer(model: ModelRecord, body: InferRequest) -> InferResponse:
 @blueprint.post("/models/<name>/infer")
 @blueprint.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
-    body = parse_body(InferRequest)
+    body = binary.parse_binary_request() if binary.has_binary_data() else parse_body(InferRequest)
     model = resolve_model(name)
     return _json(_infer(model, body))

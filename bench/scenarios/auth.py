@@ -1,0 +1,177 @@
+"""The cost of API keys and rate limits: the same non-streaming completion
+through one router process without a key, with a key, and with a key under
+requests- and tokens-per-minute limits (one Redis round trip to admit, one
+after the response has been sent to settle). The keys are made through the
+registry's admin API; the router does not require them, so the three kinds
+of request meet the same process. Runs alternate, three times each, so
+drift on a shared machine falls on every side alike.
+
+End to end, on a loaded machine, the difference drowns in noise; so the
+scenario also times the added work itself, in this process against the
+same redis-server: the key lookup, the admission script (the one round trip
+before the worker is called) and the settling script (after the response)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from typing import Any
+
+import redis
+import requests
+
+from infergate_common.api_keys import KeyLimits, digest
+from infergate_router.auth.keystore import KeyStore
+from infergate_router.auth.limiter import RateLimiter, Scope
+
+from ..client import Call
+from ..context import Context, ScenarioResult, below, diff, ms, run_async
+from ..loadgen import fresh_run
+from ..stacks import BenchStack
+
+NAME = "auth"
+LEVELS = (1, 16)
+PROMPT = "The quick brown fox jumps over the lazy dog"
+TOKENS = 16
+ROUNDS = 3
+# High enough never to refuse during the run: the cost measured is the check.
+LIMITS = {"rpm": 10_000_000, "tpm": 1_000_000_000}
+
+
+def _admin_key(stack: BenchStack, **spec: Any) -> str:
+    response = requests.post(
+        f"{stack.stack.registry_url}/admin/keys", json=spec, headers=stack.stack.admin_headers(), timeout=10
+    )
+    response.raise_for_status()
+    return str(response.json()["key"])
+
+
+def _call(kind: str, router_url: str, key: str | None) -> Call:
+    headers = (("Authorization", f"Bearer {key}"),) if key else ()
+    return Call(
+        kind,
+        f"{router_url}/openai/v1/completions",
+        lambda i: {"model": "null", "prompt": PROMPT, "max_tokens": TOKENS},
+        headers=headers,
+    )
+
+
+def _percentiles(samples_ns: list[int]) -> dict[str, float]:
+    ordered = sorted(samples_ns)
+    return {
+        "p50_ms": round(ordered[len(ordered) // 2] / 1e6, 4),
+        "p99_ms": round(ordered[int(len(ordered) * 0.99)] / 1e6, 4),
+    }
+
+
+def time_the_checks(redis_url: str, count: int) -> list[dict[str, Any]]:
+    """The key lookup, the admission and the settling, each timed on its own."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        limiter = RateLimiter(client, f"bench{uuid.uuid4().hex[:6]}", lease_s=660, fail_open=False)
+        scope = Scope("key:bench", KeyLimits(**LIMITS))
+        secret = "igk-" + uuid.uuid4().hex
+        keys = KeyStore([secret], None, None, required=True)
+        limiter.admit([scope], "warm")
+        lookup, admit, settle = [], [], []
+        for i in range(count):
+            start = time.perf_counter_ns()
+            keys.lookup(secret)
+            looked = time.perf_counter_ns()
+            limiter.admit([scope], f"m{i}")
+            admitted = time.perf_counter_ns()
+            limiter.settle([scope], f"m{i}", 32)
+            settled = time.perf_counter_ns()
+            lookup.append(looked - start)
+            admit.append(admitted - looked)
+            settle.append(settled - admitted)
+        assert digest(secret) in keys.static
+        # Redis's own time per script call, free of the client's scheduling.
+        stats = client.info("commandstats")
+        server_us = float(stats.get("cmdstat_evalsha", {}).get("usec_per_call", 0.0))
+    finally:
+        client.close()
+    return [
+        {"check": "key lookup (SHA-256 + dict)", **_percentiles(lookup)},
+        {"check": "admission script (before the worker call)", **_percentiles(admit)},
+        {"check": "settling script (after the response)", **_percentiles(settle)},
+        {"check": "either script inside Redis (mean)", "p50_ms": round(server_us / 1000, 4), "p99_ms": None},
+    ]
+
+
+def run(ctx: Context) -> ScenarioResult:
+    result = ScenarioResult(
+        NAME,
+        "API keys and rate limits",
+        "p50 latency and requests/s of the same completion through one router process (gunicorn+gevent): "
+        "without a key, with a key, and with a key under RPM and TPM limits (checked in Redis).",
+    )
+    duration = ctx.pick(5.0, 20.0)
+    counts = {1: ctx.pick(400, 3000), 16: ctx.pick(2000, 12000)}
+    with BenchStack(ctx.scenario_dir(NAME), log_level=ctx.log_level).start() as stack:
+        stack.null_worker("null", "--tokens", str(TOKENS))
+        if not stack.has_router:
+            result.skipped = f"router did not start: {stack.router_error}"
+            return result
+        stack.wait_routable("null")
+        calls = {
+            "no auth": _call("no auth", stack.router_url, None),
+            "key": _call("key", stack.router_url, _admin_key(stack, name="bench")),
+            "key + RPM/TPM": _call(
+                "key + RPM/TPM", stack.router_url, _admin_key(stack, name="limited", **LIMITS)
+            ),
+        }
+
+        async def measure() -> None:
+            for c in LEVELS:
+                p50: dict[str, list[float]] = {name: [] for name in calls}
+                rps: dict[str, list[float]] = {name: [] for name in calls}
+                errors = 0
+                for _ in range(ROUNDS):
+                    for name, call in calls.items():
+                        summary = (
+                            await fresh_run(call, c, counts[c], duration, warmup=c, label=name)
+                        ).summary()
+                        result.runs.append(summary)
+                        value = ms(summary, "latency_ms", "p50")
+                        if value is not None:
+                            p50[name].append(value)
+                        rps[name].append(summary["requests_per_s"])
+                        errors += summary["errors"]
+                row: dict[str, Any] = {"concurrency": c, "errors": errors}
+                for name in calls:
+                    row[f"{name} p50_ms"] = round(statistics.median(p50[name]), 3) if p50[name] else None
+                    row[f"{name} rps"] = round(statistics.median(rps[name]), 1)
+                base_p50, base_rps = row["no auth p50_ms"], row["no auth rps"]
+                row["added_p50_ms key"] = diff(row["key p50_ms"], base_p50)
+                row["added_p50_ms key+limits"] = diff(row["key + RPM/TPM p50_ms"], base_p50)
+                row["throughput_loss_pct key+limits"] = (
+                    round((base_rps - row["key + RPM/TPM rps"]) / base_rps * 100, 1) if base_rps else None
+                )
+                result.rows.append(row)
+
+        run_async(measure())
+        checks = time_the_checks(stack.redis_url, ctx.pick(2000, 20000))
+        result.notes.append(
+            "Added work per request, timed alone (ms): "
+            + "; ".join(f"{c['check']}: p50 {c['p50_ms']}, p99 {c['p99_ms']}" for c in checks)
+            + ". The admission is one round trip to Redis: on a quiet machine its cost is that round trip."
+        )
+        hot_path_p50 = checks[0]["p50_ms"] + checks[1]["p50_ms"]
+
+    by_c = {row["concurrency"]: row for row in result.rows}
+    result.targets = [
+        below("key lookup + admission (the hot path), timed alone, p50", hot_path_p50, 0.2, "ms"),
+        below(
+            "added p50 with a key and RPM/TPM limits, c=1", by_c[1].get("added_p50_ms key+limits"), 0.2, "ms"
+        ),
+        below(
+            "throughput loss with a key and limits, c=16",
+            by_c[16].get("throughput_loss_pct key+limits"),
+            10,
+            "%",
+        ),
+        below("errors", float(sum(row["errors"] for row in result.rows)), 1, "requests"),
+    ]
+    return result

@@ -1,0 +1,225 @@
+"""The Flask side of authentication and limits, per request.
+
+1. :func:`authenticate` (before every request but the probes): the bearer
+   key's record, or anonymous where keys are not required; 401 in the
+   protocol's shape (with ``WWW-Authenticate``) otherwise.
+2. :func:`allows` and :func:`internal_request_id`: what the caller may
+   reach. A model outside the key's scopes is answered exactly as an unknown
+   one; request ids (the client's ``X-Request-Id`` included) are prefixed
+   with the key's id, so a client can neither collide with nor address
+   another key's streams.
+3. :func:`admit` (when an inference request has found its model): one
+   round trip to the limiter; 429 with ``Retry-After`` when full.
+4. :func:`finish` (after the request): the ``x-ratelimit-*`` headers, and
+   the usage settled once the response has been sent (a stream settles when
+   it closes, see :func:`stream_settler`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flask import Response, g, request
+
+from infergate_common.api_keys import ApiKeyRecord
+from infergate_common.errors import AuthenticationFailed, InfergateError, ServiceUnavailable
+from infergate_common.internal_auth import bearer
+
+from .. import usage
+from ..services import services
+from .limiter import Decision, RateLimiter, Scope, duration, retry_after_s
+
+log = logging.getLogger(__name__)
+
+NAMESPACE_SEPARATOR = "~"
+WWW_AUTHENTICATE = 'Bearer realm="infergate"'
+
+
+class RateLimitExceeded(InfergateError):
+    status = 429
+    type = "rate_limit_exceeded"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key's record, or nobody in particular."""
+
+    record: ApiKeyRecord | None = None
+
+    @property
+    def namespace(self) -> str:
+        return self.record.id if self.record is not None else ""
+
+    def allows(self, model: str) -> bool:
+        return self.record is None or self.record.allows(model)
+
+
+ANONYMOUS = Principal()
+
+
+@dataclass
+class Admission:
+    limiter: RateLimiter
+    scopes: list[Scope]
+    member: str
+    decision: Decision | None
+    tokens: usage.TokenCount = field(default_factory=usage.TokenCount)
+    settled: bool = False
+    # Set when a stream took over settling.
+    handed_off: bool = False
+
+    def settle(self) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self.limiter.settle(self.scopes, self.member, self.tokens.total)
+
+
+def authenticate() -> None:
+    keys = services().keys
+    secret = bearer(request.headers.get("Authorization"))
+    try:
+        record = keys.lookup(secret) if secret else None
+    except ServiceUnavailable:
+        if keys.required:
+            raise
+        # Keys are optional here: without the key store the caller is anonymous.
+        record = None
+    if record is None and keys.required:
+        raise AuthenticationFailed(
+            "Missing or invalid API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key"
+        )
+    g.principal = Principal(record) if record is not None else ANONYMOUS
+    counter = usage.TokenCount()
+    g.usage = counter
+    g.usage_token = usage.current.set(counter)
+
+
+def principal() -> Principal:
+    return g.get("principal") or ANONYMOUS
+
+
+def allows(model: str) -> bool:
+    return principal().allows(model)
+
+
+def internal_request_id(public_id: str) -> str:
+    """The id a request's worker call and stream are known by."""
+    namespace = principal().namespace
+    return f"{namespace}{NAMESPACE_SEPARATOR}{public_id}" if namespace else public_id
+
+
+def owner() -> str:
+    """What a stream's note records as its owner (the key id; '' anonymous)."""
+    return principal().namespace
+
+
+def _scopes(model: str) -> list[Scope]:
+    scopes = []
+    record = principal().record
+    if record is not None and (record.rpm or record.tpm or record.max_concurrent):
+        scopes.append(Scope(f"key:{record.id}", record.limits()))
+    model_limits = services().settings.model_limits.get(model)
+    if model_limits is not None and model_limits.any():
+        scopes.append(Scope(f"model:{model}", model_limits))
+    return scopes
+
+
+def admit(model: str) -> None:
+    """Count one request against the caller's and the model's limits."""
+    if g.get("admission") is not None:
+        return
+    scopes = _scopes(model)
+    if not scopes:
+        return
+    member = f"{g.get('request_id', '')}:{uuid.uuid4().hex[:12]}"
+    limiter = services().limiter
+    decision = limiter.admit(scopes, member)
+    admission = Admission(limiter, scopes, member, decision, g.get("usage") or usage.TokenCount())
+    if decision is not None and not decision.allowed:
+        admission.settled = True
+        g.admission = admission
+        raise RateLimitExceeded(_refusal(scopes, decision), code="rate_limit_exceeded")
+    g.admission = admission
+
+
+def _refusal(scopes: list[Scope], decision: Decision) -> str:
+    wait = retry_after_s(decision.retry_after_ms)
+    for scope, state in zip(scopes, decision.usage, strict=True):
+        whose = "this API key" if scope.name.startswith("key:") else f"model {scope.name[6:]}"
+        limits = scope.limits
+        if limits.rpm and state.requests >= limits.rpm:
+            what = f"requests per minute (limit {limits.rpm})"
+        elif limits.tpm and state.tokens >= limits.tpm:
+            what = f"tokens per minute (limit {limits.tpm})"
+        elif limits.max_concurrent and state.inflight >= limits.max_concurrent:
+            what = f"concurrent requests (limit {limits.max_concurrent})"
+        else:
+            continue
+        return f"Rate limit reached for {what} on {whose}. Retry after {wait} s."
+    return f"Rate limit reached. Retry after {wait} s."
+
+
+def stream_settler() -> Callable[[], None]:
+    """For a streamed response: what to call when the stream closes."""
+    admission: Admission | None = g.get("admission")
+    if admission is None:
+        return lambda: None
+    admission.handed_off = True
+    return admission.settle
+
+
+def stream_tokens() -> usage.TokenCount:
+    """The counter a stream adds its tokens to."""
+    admission: Admission | None = g.get("admission")
+    return admission.tokens if admission is not None else usage.TokenCount()
+
+
+def _rate_headers(response: Response, admission: Admission) -> None:
+    decision = admission.decision
+    if decision is None:
+        return
+    for state in decision.usage:
+        limits = state.limits
+        if not (limits.rpm or limits.tpm):
+            continue
+        headers = response.headers
+        if limits.rpm:
+            headers["x-ratelimit-limit-requests"] = str(limits.rpm)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - state.requests))
+            headers["x-ratelimit-reset-requests"] = duration(state.requests_reset_ms)
+        if limits.tpm:
+            headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - state.tokens))
+            headers["x-ratelimit-reset-tokens"] = duration(state.tokens_reset_ms)
+        break
+    if not decision.allowed:
+        response.headers["Retry-After"] = str(retry_after_s(decision.retry_after_ms))
+        response.headers["retry-after-ms"] = str(max(1, decision.retry_after_ms))
+
+
+def finish(response: Response) -> Response:
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    admission: Admission | None = g.get("admission")
+    if admission is not None:
+        _rate_headers(response, admission)
+        if not admission.handed_off and not admission.settled:
+            # After the body is sent: the client does not wait for Redis.
+            response.call_on_close(admission.settle)
+            admission.handed_off = True
+    return response
+
+
+def teardown() -> None:
+    token = g.pop("usage_token", None)
+    if token is not None:
+        with contextlib.suppress(ValueError):
+            usage.current.reset(token)
+    admission: Admission | None = g.get("admission")
+    if admission is not None and not admission.handed_off:
+        admission.settle()

@@ -1,0 +1,185 @@
+"""The batch service's Redis parts against a real redis-server: one result
+per custom_id, atomic status changes, pages, the per-model slots; and the
+batch worker's import of the router's dispatch layer without Flask."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from harness.redis_server import RedisServer
+
+from infergate_batch.objects import BatchObject, BatchRecord, BatchStatus, FileObject, FileRecord
+from infergate_batch.settings import BatchSettings
+from infergate_batch.slots import ModelSlots
+from infergate_batch.store import BatchStore
+from infergate_common.errors import NotFound
+from infergate_common.registry_api import ModelRecord, ReplicaRecord
+from infergate_common.worker_api import Backend, Task
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    connection = server.client()
+    yield connection
+    connection.close()
+    server.stop()
+
+
+@pytest.fixture
+def store(client: redis.Redis, request: pytest.FixtureRequest) -> BatchStore:
+    return BatchStore(client, f"t-{request.node.name}")
+
+
+def batch(batch_id: str) -> BatchRecord:
+    obj = BatchObject(
+        id=batch_id,
+        endpoint="/v1/embeddings",
+        input_file_id="file-x",
+        completion_window="24h",
+        status=BatchStatus.VALIDATING,
+        created_at=int(time.time()),
+    )
+    return BatchRecord(batch=obj)
+
+
+def test_a_custom_id_gets_one_result(store: BatchStore) -> None:
+    assert store.put_line("b1", "x", '{"first": true}', failed=False)
+    assert not store.put_line("b1", "x", '{"second": true}', failed=False)
+    assert not store.put_line("b1", "x", '{"as error": true}', failed=True)
+    assert store.put_line("b1", "y", '{"error": true}', failed=True)
+    assert not store.put_line("b1", "y", '{"ok later": true}', failed=False)
+    assert store.counts("b1") == (1, 1)
+    assert store.lines_of("b1", ["x", "y", "z"]) == [
+        ('{"first": true}', None),
+        (None, '{"error": true}'),
+        (None, None),
+    ]
+    assert store.has_line("b1", "x") and not store.has_line("b1", "z")
+
+
+def test_racing_writers_leave_one_line(store: BatchStore) -> None:
+    wins: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda i=i: wins.append(store.put_line("b2", "same", f'"{i}"', i % 2 == 0)))
+        for i in range(20)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wins.count(True) == 1
+    assert sum(store.counts("b2")) == 1
+
+
+def test_status_changes_are_atomic(store: BatchStore) -> None:
+    store.add_batch(batch("b3"))
+    assert store.active_batches() == ["b3"]
+
+    def bump(record: BatchRecord) -> bool:
+        record.batch.request_counts.total += 1
+        return True
+
+    threads = [threading.Thread(target=store.update_batch, args=("b3", bump)) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.get_batch("b3").batch.request_counts.total == 10
+
+    def finish(record: BatchRecord) -> bool:
+        record.batch.status = BatchStatus.COMPLETED
+        return True
+
+    store.update_batch("b3", finish)
+    assert store.active_batches() == []
+    with pytest.raises(NotFound):
+        store.get_batch("nope")
+
+
+def test_pages_and_owners(store: BatchStore) -> None:
+    for i in range(5):
+        store.add_batch(batch(f"p{i}"))
+    store.add_batch(batch("theirs").model_copy(update={"owner": "key-b"}))
+    page, more = store.list_batches("key-a", None, 2)
+    assert [b.id for b in page] == ["p4", "p3"] and more
+    page, more = store.list_batches("key-a", "p3", 10)
+    assert [b.id for b in page] == ["p2", "p1", "p0"] and not more
+    assert "theirs" in [b.id for b in store.list_batches("key-b", None, 10)[0]]
+    with pytest.raises(NotFound):
+        store.get_batch("theirs", "key-a")
+    for i in range(3):
+        file = FileObject(id=f"f{i}", bytes=1, created_at=0, filename="x", purpose="batch")
+        store.add_file(FileRecord(file=file))
+    oldest_first, more = store.list_files(None, "batch", None, 2, newest_first=False)
+    assert [f.id for f in oldest_first] == ["f0", "f1"] and more
+
+
+def model(name: str, replicas: int) -> ModelRecord:
+    return ModelRecord(
+        name=name,
+        model_id="m",
+        task=Task.TEXT_GENERATION,
+        backend=Backend.NULL,
+        replicas=[ReplicaRecord(url=f"http://r{i}") for i in range(replicas)],
+    )
+
+
+def test_slots_cap_lines_per_model(client: redis.Redis) -> None:
+    settings = BatchSettings(batch_lines_per_replica=2)
+    slots = ModelSlots(client, "t-slots", settings, lease_s=30)
+    two = model("two-replicas", 2)
+    holders = [f"h{i}" for i in range(5)]
+    assert [slots.try_acquire(two, h) for h in holders] == [True, True, True, True, False]
+    assert slots.in_use("two-replicas") == 4
+    slots.release(two, "h0")
+    assert slots.try_acquire(two, "h4")
+    fixed = ModelSlots(client, "t-slots", BatchSettings(batch_model_concurrency=1), lease_s=30)
+    assert fixed.try_acquire(model("one", 3), "a") and not fixed.try_acquire(model("one", 3), "b")
+    for holder in holders:
+        slots.release(two, holder)
+    fixed.release(model("one", 3), "a")
+
+
+def test_a_dead_holder_frees_its_slot_when_the_lease_ends(client: redis.Redis) -> None:
+    one = model("leased", 1)
+    dead = ModelSlots(client, "t-lease", BatchSettings(batch_model_concurrency=1), lease_s=0.5)
+    assert dead.try_acquire(one, "dead-worker")
+    with dead._lock:
+        # The renewer of a killed process renews nothing.
+        dead._held.clear()
+    alive = ModelSlots(client, "t-lease", BatchSettings(batch_model_concurrency=1), lease_s=0.5)
+    assert not alive.try_acquire(one, "next")
+    deadline = time.monotonic() + 5
+    while not alive.try_acquire(one, "next"):
+        assert time.monotonic() < deadline, "the dead holder's slot was never freed"
+        time.sleep(0.05)
+
+
+def test_a_held_slot_outlives_its_lease(client: redis.Redis) -> None:
+    one = model("renewed", 1)
+    slots = ModelSlots(client, "t-renew", BatchSettings(batch_model_concurrency=1), lease_s=0.3)
+    assert slots.try_acquire(one, "long-line")
+    time.sleep(1.0)
+    assert not slots.try_acquire(one, "other"), "a running line lost its slot"
+    slots.release(one, "long-line")
+    assert slots.try_acquire(one, "other")
+
+
+def test_the_batch_worker_never_imports_flask() -> None:
+    code = (
+        "import sys, infergate_batch.worker, infergate_batch.runs;"
+        "from infergate_router.services import RouterServices;"
+        "print(sorted(m for m in sys.modules if m == 'flask' or m.startswith('flask.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd()
+    )
+    assert out.stdout.strip() == "[]", out.stdout
