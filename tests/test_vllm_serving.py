@@ -236,10 +236,15 @@ def test_logit_bias_forces_a_token_and_is_checked_against_the_vocabulary(
     client: openai.OpenAI, vllm_llama: Worker
 ) -> None:
     ids = requests.post(
-        f"{vllm_llama.url}/tokenize", json={"prompt": " castle", "add_special_tokens": False}, timeout=10
+        f"{vllm_llama.url}/tokenize",
+        json={"prompt": " castle", "add_special_tokens": False},
+        headers=vllm_llama.headers,
+        timeout=10,
     ).json()["tokens"]
     forced = ids[-1]
-    expected = requests.post(f"{vllm_llama.url}/detokenize", json={"tokens": [forced] * 5}, timeout=10).json()
+    expected = requests.post(
+        f"{vllm_llama.url}/detokenize", json={"tokens": [forced] * 5}, headers=vllm_llama.headers, timeout=10
+    ).json()
     greedy: dict[str, Any] = {"model": NAME, "prompt": "Once upon a time", "max_tokens": 5, "temperature": 0}
     completion = client.completions.create(
         **greedy, logit_bias={str(forced): 100}, extra_body={"ignore_eos": True}
