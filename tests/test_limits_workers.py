@@ -17,7 +17,7 @@ PROMPT = "Once upon a time"
 
 
 def generate_direct(worker: Worker, body: dict[str, Any], timeout: float = 60) -> requests.Response:
-    return requests.post(f"{worker.url}/generate", json=body, timeout=timeout)
+    return requests.post(f"{worker.url}/generate", json=body, headers=worker.headers, timeout=timeout)
 
 
 def completion(stack: Stack, timeout: float = 120, **body: Any) -> requests.Response:
@@ -76,7 +76,10 @@ def test_a_burst_of_connections_past_1024_descriptors_does_not_end_the_worker(
 def test_deep_json_to_a_worker_is_a_400(tiny_llm: Worker) -> None:
     body = '{"request_id": "deep", "prompt": "x", "params": ' + "[" * 100000 + "]" * 100000 + "}"
     response = requests.post(
-        f"{tiny_llm.url}/generate", data=body, headers={"Content-Type": "application/json"}, timeout=30
+        f"{tiny_llm.url}/generate",
+        data=body,
+        headers={**tiny_llm.headers, "Content-Type": "application/json"},
+        timeout=30,
     )
     assert response.status_code == 400, response.text
     assert "too deeply" in response.json()["error"]["message"]
@@ -102,7 +105,7 @@ def test_the_worker_keeps_the_generation_limits(tiny_llm: Worker) -> None:
 
 def test_the_worker_keeps_the_encode_input_limit(minilm: Worker) -> None:
     body = {"request_id": "many", "inputs": ["x"] * 2049}
-    response = requests.post(f"{minilm.url}/encode", json=body, timeout=60)
+    response = requests.post(f"{minilm.url}/encode", json=body, headers=minilm.headers, timeout=60)
     assert response.status_code == 400, response.text
     assert "max_encode_inputs" in response.json()["error"]["message"]
 
@@ -112,14 +115,19 @@ def test_the_worker_keeps_the_encode_input_limit(minilm: Worker) -> None:
 
 def _token_id(worker: Worker, text: str) -> int:
     response = requests.post(
-        f"{worker.url}/tokenize", json={"prompt": text, "add_special_tokens": False}, timeout=30
+        f"{worker.url}/tokenize",
+        json={"prompt": text, "add_special_tokens": False},
+        headers=worker.headers,
+        timeout=30,
     )
     response.raise_for_status()
     return int(response.json()["tokens"][-1])
 
 
 def _text_of(worker: Worker, ids: list[int]) -> str:
-    response = requests.post(f"{worker.url}/detokenize", json={"tokens": ids}, timeout=30)
+    response = requests.post(
+        f"{worker.url}/detokenize", json={"tokens": ids}, headers=worker.headers, timeout=30
+    )
     response.raise_for_status()
     return str(response.json()["prompt"])
 

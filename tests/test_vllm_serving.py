@@ -232,6 +232,29 @@ def test_context_overflow_is_a_clear_400(client: openai.OpenAI) -> None:
 # ---------------------------------------------------------------------- chat
 
 
+def test_logit_bias_forces_a_token_and_is_checked_against_the_vocabulary(
+    client: openai.OpenAI, vllm_llama: Worker
+) -> None:
+    ids = requests.post(
+        f"{vllm_llama.url}/tokenize",
+        json={"prompt": " castle", "add_special_tokens": False},
+        headers=vllm_llama.headers,
+        timeout=10,
+    ).json()["tokens"]
+    forced = ids[-1]
+    expected = requests.post(
+        f"{vllm_llama.url}/detokenize", json={"tokens": [forced] * 5}, headers=vllm_llama.headers, timeout=10
+    ).json()
+    greedy: dict[str, Any] = {"model": NAME, "prompt": "Once upon a time", "max_tokens": 5, "temperature": 0}
+    completion = client.completions.create(
+        **greedy, logit_bias={str(forced): 100}, extra_body={"ignore_eos": True}
+    )
+    assert completion.choices[0].text == expected["prompt"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(**greedy, logit_bias={"10000000": 5})
+    assert "out of the vocabulary" in str(caught.value)
+
+
 def test_chat_plain_and_streamed(client: openai.OpenAI) -> None:
     messages: Any = [{"role": "user", "content": "Say something."}]
     reply = client.chat.completions.create(
