@@ -204,7 +204,11 @@ def test_a_model_without_replicas_for_the_expiry_is_removed(redis_client: redis.
 
 def test_the_sweeper_expires_models_after_the_configured_time(redis_url: str, prefix: str) -> None:
     settings = RegistrySettings(
-        redis_url=redis_url, stream_prefix=prefix, reap_interval_s=0.05, model_expiry_s=0.5
+        redis_url=redis_url,
+        stream_prefix=prefix,
+        reap_interval_s=0.05,
+        model_expiry_s=0.5,
+        check_replica_address=False,
     )
     app = create_app(settings)
     client = app.test_client()
