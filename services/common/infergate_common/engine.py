@@ -24,6 +24,10 @@ from .worker_api import (
     WorkerInfo,
 )
 
+# The smallest default capacity: a replica that runs one request at a time
+# (batching off) still queues a few dozen before it refuses.
+MIN_DEFAULT_CAPACITY = 64
+
 
 class Engine(ABC):
     """A loaded model behind the internal worker API.
@@ -74,7 +78,7 @@ class Engine(ABC):
     def default_capacity(self) -> int:
         """Requests admitted at once (running and waiting) when the worker's
         ``capacity`` setting is not given."""
-        return 64
+        return MIN_DEFAULT_CAPACITY
 
     def cancel(self, request_id: str) -> bool:
         """Stop a generation and free its slot; False when it is unknown."""

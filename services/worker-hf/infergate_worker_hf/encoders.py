@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from infergate_common import worker_metrics
+from infergate_common.engine import MIN_DEFAULT_CAPACITY
 from infergate_common.errors import InvalidRequest
 from infergate_common.limits import check_count, check_encode
 from infergate_common.worker_api import EncodeRequest, EncodeResponse, Usage
@@ -148,8 +149,9 @@ class EncoderEngine(HFEngine):
             self.batcher.stop()
 
     def default_capacity(self) -> int:
-        # Two full batches of single-input requests: one running, one gathering.
-        return 2 * self.settings.max_batch_size
+        # Two full batches of single-input requests (one running, one
+        # gathering), and never fewer than the shared floor.
+        return max(MIN_DEFAULT_CAPACITY, 2 * self.settings.max_batch_size)
 
     def healthy(self) -> tuple[bool, str]:
         if self.batcher is None or not self.batcher.alive():

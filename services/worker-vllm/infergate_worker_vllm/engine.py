@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from infergate_common.engine import Engine
+from infergate_common.engine import MIN_DEFAULT_CAPACITY, Engine
 from infergate_common.errors import (
     InfergateError,
     InvalidRequest,
@@ -351,7 +351,7 @@ class VllmEngine(Engine):
 
     def default_capacity(self) -> int:
         # vLLM's scheduler keeps its own waiting queue: admit a second batch's worth.
-        return 2 * int(getattr(self.engine_args, "max_num_seqs", None) or 256)
+        return max(MIN_DEFAULT_CAPACITY, 2 * int(getattr(self.engine_args, "max_num_seqs", None) or 256))
 
     def start_stream(self, request: GenerateRequest) -> None:
         job = self._prepare(request)

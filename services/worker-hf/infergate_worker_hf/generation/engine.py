@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from infergate_common import worker_metrics
+from infergate_common.engine import MIN_DEFAULT_CAPACITY
 from infergate_common.errors import InvalidRequest, ServiceUnavailable
 from infergate_common.limits import check_logit_bias_vocabulary, check_sampling
 from infergate_common.stream_writer import StreamOutbox, stream_client
@@ -90,7 +91,7 @@ class GenerationEngine(HFEngine):
     def default_capacity(self) -> int:
         # The running batch and as many again waiting, twice over: deep
         # enough to keep the batch full, short enough to answer in time.
-        return 4 * self.settings.max_num_seqs
+        return max(MIN_DEFAULT_CAPACITY, 4 * self.settings.max_num_seqs)
 
     def extra_info(self) -> dict[str, Any]:
         scheduler = self.scheduler
