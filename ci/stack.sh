@@ -198,7 +198,7 @@ if [ -n "${MODEL_ID:-}" ]; then
     if [ "$offline" = yes ] && model_file="$(tabular_model_file "$model")"; then
         say "$model holds $model_file: serving it with worker-tabular"
         cmd="$PY -m infergate_worker_tabular --model_name $(printf %q "$name") --model_dir $(printf %q "$model")"
-        cmd="$cmd --port $WORKER_PORT --registry_url $REGISTRY_URL --redis_url $REDIS_URL"
+        cmd="$cmd --port $WORKER_PORT --registry_url $REGISTRY_URL"
     else
         cmd="$(worker_command "$name" "$model" "$WORKER_PORT" "${TASK:-}" "$launcher")"
     fi

@@ -40,7 +40,10 @@ def test_the_batch_worker_and_its_volume_by_default(defaults: Manifests, chart: 
     assert deployment["spec"]["replicas"] == 1
     assert deployment["metadata"]["labels"]["app.kubernetes.io/component"] == "batch"
     env = env_of(spec)
-    assert env["INFERGATE_REDIS_URL"]["value"] == f"redis://{chart.name('redis')}:6379/0"
+    # The password comes from the internal Secret, as for every service.
+    assert env["INFERGATE_REDIS_URL"]["value"] == (
+        f"redis://:$(INFERGATE_REDIS_PASSWORD)@{chart.name('redis')}:6379/0"
+    )
     assert env["INFERGATE_REGISTRY_URL"]["value"] == f"http://{chart.name('registry')}:8090"
     assert env["INFERGATE_BATCH_STORAGE_URL"]["value"] == "/var/lib/infergate/batch"
     assert env["INFERGATE_BATCH_VISIBILITY_TIMEOUT_S"]["value"] == "7200"

@@ -202,6 +202,7 @@ class _ApiServerStandIn(http.server.BaseHTTPRequestHandler):
     core: ClassVar[list[tuple[str, str]]] = [
         ("secrets", "Secret"), ("configmaps", "ConfigMap"), ("services", "Service"),
         ("serviceaccounts", "ServiceAccount"), ("pods", "Pod"),
+        ("persistentvolumeclaims", "PersistentVolumeClaim"),
     ]  # fmt: skip
 
     def _send(self, status: int, body: dict[str, object]) -> None:
@@ -356,7 +357,9 @@ def test_network_policies_are_on_by_default(chart: Chart) -> None:
     assert {chart.name("registry"), chart.name("redis"), chart.name("worker")} <= names
     worker_policy = manifests.one("NetworkPolicy", chart.name("worker"))
     sources = worker_policy["spec"]["ingress"][0]["from"]
-    assert [s["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for s in sources] == ["router"]
+    # The router, and the Batch API's workers that send batch lines.
+    components = [s["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for s in sources]
+    assert components == ["router", "batch"]
     assert (
         json.dumps(manifests.one("NetworkPolicy", chart.name("registry"))["spec"]).count("podSelector") >= 2
     )

@@ -95,7 +95,9 @@ def null_worker_via(stack: Stack, name: str, redis_url: str, *args: str) -> Work
         sys.executable, "-m", "infergate_common.null_engine", "--model_name", name, *args,
         "--port", str(port), "--registry_url", stack.registry_url, "--redis_url", redis_url,
     ]  # fmt: skip
-    process = Process(f"worker-{name}-{port}", cmd, stack.logs / f"worker-{name}-{port}.log")
+    # The stack's environment (the internal credential among it); the Redis URL is the proxy's.
+    env = {key: value for key, value in stack._service_env().items() if key != "INFERGATE_REDIS_URL"}
+    process = Process(f"worker-{name}-{port}", cmd, stack.logs / f"worker-{name}-{port}.log", env=env)
     worker = Worker(name, f"http://127.0.0.1:{port}", process)
     stack.workers.append(worker)
     return stack.wait_worker(worker, timeout_s=30)
@@ -149,7 +151,7 @@ def test_a_worker_whose_redis_writes_fail(fresh_stack: Stack, proxy: TcpProxy, o
     the router's heartbeat deadline (the long one)."""
     stack = fresh_stack
     worker = null_worker_via(
-        stack, "cut", proxy_url(proxy), "--tokens", str(TOKENS), "--token_interval_ms", INTERVAL_MS,
+        stack, "cut", proxy_url(proxy, stack.redis.password), "--tokens", str(TOKENS), "--token_interval_ms", INTERVAL_MS,
         "--tag_tokens", "--step_streams",
     )  # fmt: skip
     run = Run(stack, "cut")
@@ -170,8 +172,9 @@ def test_a_worker_whose_redis_writes_fail(fresh_stack: Stack, proxy: TcpProxy, o
     assert worker.process.alive()
 
 
-def proxy_url(proxy: TcpProxy) -> str:
-    return f"redis://127.0.0.1:{proxy.port}/0"
+def proxy_url(proxy: TcpProxy, password: str | None) -> str:
+    auth = f":{password}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{proxy.port}/0"
 
 
 @pytest.mark.parametrize("full_s", [SHORT_OUTAGE_S, LONG_OUTAGE_S])

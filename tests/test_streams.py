@@ -139,7 +139,7 @@ def test_client_disconnect_frees_the_worker_slot_within_a_second(
     null_worker("null-disconnect", "--tokens", "100000", "--token_interval_ms", "10")
     client = stack.redis.client()
     request_id = uuid.uuid4().hex
-    response = chat_stream(stack, "null-disconnect", 100000, headers={"X-Request-Id": request_id})
+    response = chat_stream(stack, "null-disconnect", 4000, headers={"X-Request-Id": request_id})
     stream = events(response)
     for _ in range(5):
         next(stream)
@@ -199,7 +199,7 @@ def test_disconnect_stops_a_real_generation_within_a_second(stack: Stack, tiny_l
 
 def test_worker_killed_mid_stream_gives_an_error_event(stack: Stack, null_worker: StartWorker) -> None:
     worker = null_worker("null-crash", "--tokens", "100000", "--token_interval_ms", "10")
-    response = chat_stream(stack, "null-crash", 100000)
+    response = chat_stream(stack, "null-crash", 4000)
     stream = events(response)
     for _ in range(5):
         assert "error" not in next(stream).json()

@@ -77,6 +77,8 @@ class Stack:
         self.batch_storage = workdir / "batch-files"
         self.prefix = prefix
         self.router_env = dict(router_env or {})
+        # Router URL -> the URL of its metrics.
+        self.metrics_urls: dict[str, str] = {}
         self.router_workers = router_workers
         self.registry_port = free_port()
         self.router_port = free_port()
@@ -133,9 +135,13 @@ class Stack:
         return self.registry
 
     def _router_process(self, name: str, port: int, workers: int, env: Mapping[str, str]) -> Process:
+        # Each router "pod" serves its metrics on a port of its own, as deployed.
+        metrics_port = free_port()
+        self.metrics_urls[f"http://127.0.0.1:{port}"] = f"http://127.0.0.1:{metrics_port}/metrics"
         full_env = {
             **self._service_env(),
             "INFERGATE_BIND": f"127.0.0.1:{port}",
+            "INFERGATE_METRICS_BIND": f"127.0.0.1:{metrics_port}",
             "INFERGATE_REGISTRY_URL": self.registry_url,
             "INFERGATE_WORKERS": str(workers),
             **env,
