@@ -310,9 +310,7 @@ def test_keys_appear_nowhere_in_clear(keyed: Keyed) -> None:
     finally:
         client.close()
     logs = "\n".join(p.read_text(errors="replace") for p in Path(keyed.stack.logs).glob("*.log"))
-    metrics = "\n".join(
-        requests.get(keyed.stack.metrics_urls[base], timeout=10).text for base in keyed.pods
-    )
+    metrics = "\n".join(requests.get(keyed.stack.metrics_urls[base], timeout=10).text for base in keyed.pods)
     assert "igk-" not in dump and "igk-" not in logs and "igk-" not in metrics
     for secret in keyed.secrets:
         assert secret not in dump and secret not in logs and secret not in metrics

@@ -151,7 +151,8 @@ def test_a_worker_whose_redis_writes_fail(fresh_stack: Stack, proxy: TcpProxy, o
     the router's heartbeat deadline (the long one)."""
     stack = fresh_stack
     worker = null_worker_via(
-        stack, "cut", proxy_url(proxy, stack.redis.password), "--tokens", str(TOKENS), "--token_interval_ms", INTERVAL_MS,
+        stack, "cut", proxy_url(proxy, stack.redis.password),
+        "--tokens", str(TOKENS), "--token_interval_ms", INTERVAL_MS,
         "--tag_tokens", "--step_streams",
     )  # fmt: skip
     run = Run(stack, "cut")
