@@ -61,25 +61,32 @@ def test_abandoned_streams_free_the_worker(stack: Stack, tiny_llm: Worker) -> No
 
 
 def test_non_streaming_client_that_leaves_cancels_its_generation(stack: Stack, tiny_llm: Worker) -> None:
-    body = {"model": "tiny-llm", "prompt": "Once upon a time", "max_tokens": 900, "ignore_eos": True}
+    # 16 choices of 900 tokens: seconds of work, abandoned after 0.3 s.
+    body = {"model": "tiny-llm", "prompt": "Once upon a time", "max_tokens": 900, "n": 16, "ignore_eos": True}
     gave_up_at = time.monotonic()
     try:
-        requests.post(f"{stack.openai_url}/completions", json=body, timeout=1.0)
+        requests.post(f"{stack.openai_url}/completions", json=body, timeout=0.3)
     except requests.Timeout:
         pass
     else:
-        raise AssertionError("900 tokens came back within 1 s: the test proves nothing")
+        raise AssertionError("16 x 900 tokens came back within 0.3 s: the test proves nothing")
     # The router saw the connection close and cancelled the generation.
     wait_idle(tiny_llm, timeout_s=5)
     assert time.monotonic() - gave_up_at < 6
 
 
 def test_non_streaming_timeout_cancels_its_generation(tmp_path: Path, test_models: Path) -> None:
-    own = Stack(tmp_path / "stack", router_env={"INFERGATE_REQUEST_TIMEOUT_S": "1"})
+    own = Stack(tmp_path / "stack", router_env={"INFERGATE_REQUEST_TIMEOUT_S": "0.3"})
     own.start()
     try:
         worker = own.start_worker("slow-llm", worker_hf("slow-llm", test_models / "tiny-llama"))
-        body = {"model": "slow-llm", "prompt": "Once upon a time", "max_tokens": 900, "ignore_eos": True}
+        body = {
+            "model": "slow-llm",
+            "prompt": "Once upon a time",
+            "max_tokens": 900,
+            "n": 16,
+            "ignore_eos": True,
+        }
         response = requests.post(f"{own.openai_url}/completions", json=body, timeout=30)
         assert response.status_code == 504, response.text
         assert response.json()["error"]["type"] == "timeout_error"

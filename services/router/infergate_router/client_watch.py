@@ -5,7 +5,10 @@ the end for nobody.
 Under gunicorn's gevent workers the WSGI environ carries the client socket
 (``gunicorn.socket``); one greenlet per request waits for it to turn
 readable. A read of nothing is the client gone; data (a pipelined request)
-ends the watch. Elsewhere (the Flask test client) nothing is watched.
+ends the watch. The greenlet is killed as soon as the last call it watches
+for returns, before the response is written, so gunicorn alone reads the
+socket afterwards. Elsewhere (the Flask test client, threads) nothing is
+watched.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import gevent
+from gevent import monkey
+
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
+_ENVIRON_KEY = "infergate.client_watcher"
 
 
 class ClientWatcher:
@@ -31,29 +38,30 @@ class ClientWatcher:
         self._lock = threading.Lock()
         self._callbacks: dict[int, Callable[[], None]] = {}
         self._next = 0
-        self._running = False
+        self._greenlet: Any = None
 
     def __call__(self, on_gone: Callable[[], None]) -> Callable[[], None]:
         with self._lock:
             token = self._next
             self._next += 1
             self._callbacks[token] = on_gone
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._run, name="client-watch", daemon=True).start()
+            if self._greenlet is None:
+                self._greenlet = gevent.spawn(self._run)
 
         def stop() -> None:
             with self._lock:
                 self._callbacks.pop(token, None)
+                idle = not self._callbacks
+                greenlet = self._greenlet if idle else None
+                if idle:
+                    self._greenlet = None
+            if greenlet is not None:
+                greenlet.kill(block=True)
 
         return stop
 
     def _run(self) -> None:
         while True:
-            with self._lock:
-                if not self._callbacks:
-                    self._running = False
-                    return
             try:
                 readable, _, _ = select.select([self.sock], [], [], POLL_S)
                 if not readable:
@@ -64,7 +72,7 @@ class ClientWatcher:
             with self._lock:
                 callbacks = list(self._callbacks.values()) if gone else []
                 self._callbacks.clear()
-                self._running = False
+                self._greenlet = None
             if callbacks:
                 log.info("client disconnected: cancelling its generation")
             for callback in callbacks:
@@ -74,5 +82,11 @@ class ClientWatcher:
 
 
 def client_watch(environ: dict[str, Any]) -> ClientWatcher | None:
+    """The request's watcher (one per request, shared by its calls)."""
     sock = environ.get("gunicorn.socket")
-    return ClientWatcher(sock) if isinstance(sock, socket.socket) else None
+    if not isinstance(sock, socket.socket) or not monkey.is_module_patched("socket"):
+        return None
+    watcher = environ.get(_ENVIRON_KEY)
+    if watcher is None:
+        watcher = environ[_ENVIRON_KEY] = ClientWatcher(sock)
+    return watcher  # type: ignore[no-any-return]
