@@ -68,6 +68,8 @@ def post_worker_init(worker: Any) -> None:
     streams cleanly once the drain time is over (see ``RouterServices.begin_drain``)."""
     import signal
 
+    import gevent
+
     from infergate_router.services import EXTENSION
 
     stop_accepting = worker.handle_exit
@@ -75,7 +77,9 @@ def post_worker_init(worker: Any) -> None:
     def handle_exit(sig: int, frame: Any) -> None:
         services = getattr(worker.wsgi, "extensions", {}).get(EXTENSION)
         if services is not None:
-            services.begin_drain()
+            # The handler runs in gevent's loop, where nothing may block:
+            # the drain starts in a greenlet of its own.
+            gevent.spawn(services.begin_drain)
         stop_accepting(sig, frame)
 
     worker.handle_exit = handle_exit
