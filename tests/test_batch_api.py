@@ -194,11 +194,11 @@ def test_bad_lines_land_in_the_error_file(client: OpenAI, tiny_llm: Worker, batc
 # ------------------------------------------------------- cancel and expiry
 
 
-def slow_chat_lines(count: int) -> list[dict[str, Any]]:
+def slow_chat_lines(count: int, max_tokens: int = 48) -> list[dict[str, Any]]:
     body = {
         "model": "tiny-llm",
         "messages": [{"role": "user", "content": "go on"}],
-        "max_tokens": 48,
+        "max_tokens": max_tokens,
         "temperature": 0,
         "ignore_eos": True,
     }
@@ -232,7 +232,8 @@ def test_cancel_keeps_partial_output(client: OpenAI, tiny_llm: Worker, batch_wor
 
 
 def test_expired_batch_keeps_partial_output(client: OpenAI, tiny_llm: Worker, batch_worker: Process) -> None:
-    lines = slow_chat_lines(60)
+    # 60 x 400 tokens at the batch cap of 2 lines: far longer than the 6 s window on any machine.
+    lines = slow_chat_lines(60, max_tokens=400)
     # The first chunk answers one token per line: some output exists whatever the machine's speed.
     for line in lines[:4]:
         line["body"] = {**line["body"], "max_tokens": 1}
