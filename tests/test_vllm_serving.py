@@ -393,7 +393,7 @@ def test_redis_refusing_writes_mid_stream_aborts_the_generation(stack: Stack, vl
         "request_id": request_id, "prompt": "hello", "stream": True,
         "params": {"max_tokens": MAX_MODEL_LEN - 8, "ignore_eos": True},
     }  # fmt: skip
-    accepted = requests.post(f"{vllm_llama.url}/generate", json=body, timeout=10)
+    accepted = requests.post(f"{vllm_llama.url}/generate", json=body, headers=vllm_llama.headers, timeout=10)
     assert accepted.status_code == 202
     key = accepted.json()["stream_key"]
     redis = stack.redis.client()
