@@ -207,10 +207,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_tools(stack: Stack, test_models: Path) -> Iterator[Worker]:
     """worker-vllm serving tiny-llama as "vllm-tools" (Hermes tool calls), for
-    the tool-calling and structured-output tests of both backends."""
+    the tool-calling and structured-output tests of both backends. Stopped
+    after each module: the vLLM CPU engine keeps a core busy while it lives,
+    and other modules' timing tests must not share the machine with it."""
     if not VLLM_PYTHON.exists():
         pytest.fail(f"{VLLM_PYTHON} is missing: run ci/setup_vllm.sh")
     cmd = [
@@ -228,7 +230,7 @@ def vllm_tools(stack: Stack, test_models: Path) -> Iterator[Worker]:
 
 
 @pytest.fixture(
-    scope="session",
+    scope="module",
     params=["huggingface", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.slow])],
 )
 def tools_model(request: pytest.FixtureRequest) -> str:
