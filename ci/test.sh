@@ -42,5 +42,7 @@ say "chart"
 bash ci/chart.sh
 VPY="$ROOT/.venv-vllm/bin/python"
 run_suite worker-vllm "$VPY" -m pytest -q -p no:cacheprovider --timeout=900 services/worker-vllm/tests
-run_suite vllm-integration "${PYTEST[@]}" -m vllm tests
+run_suite vllm-integration "${PYTEST[@]}" -m "vllm and not isolated" tests
+# Timing tests that need the machine to themselves: one session each.
+run_suite vllm-isolated "${PYTEST[@]}" -m "vllm and isolated" tests
 say "all tests passed"
