@@ -58,6 +58,9 @@ class Run:
     def wait_all_started(self, tokens: int = 5, timeout_s: float = 30) -> None:
         deadline = time.monotonic() + timeout_s
         while min(self.received) < tokens:
+            ended = [f.result() for f in self.futures if f.done()]
+            early = [o.problems() or o.ending for o in ended][:3]
+            assert not ended, f"streams ended before the fault: {early}"
             assert time.monotonic() < deadline, f"streams did not start: {self.received}"
             time.sleep(0.02)
 

@@ -18,6 +18,11 @@ from infergate_common.registry_api import ModelList, ModelRecord
 # Host names whose model lists are kept per fetched list (clients choose the
 # Host header, so the cache is bounded).
 MAX_CACHED_HOSTS = 256
+# A name the cached list does not hold makes the process ask the registry
+# again, at most this often: a model registered while the change channel was
+# down (a Redis restart) is found at once, and a flood of unknown names costs
+# the registry at most one fetch per interval per process.
+MISS_REFETCH_INTERVAL_S = 1.0
 
 
 def normalise_host(host: str | None) -> str:
@@ -40,6 +45,7 @@ class ModelDirectory:
         self._lock = threading.Lock()
         self._models: list[ModelRecord] | None = None
         self._fetched_at = 0.0
+        self._miss_checked_at = 0.0
         self._generation = 0
         # reachable() per host, for the model list it was computed from.
         self._by_host: tuple[list[ModelRecord], dict[str, list[ModelRecord]]] | None = None
@@ -104,6 +110,14 @@ class ModelDirectory:
 
     def resolve(self, host: str | None, name: str) -> ModelRecord:
         """The model ``name`` (or one of its aliases) as seen from ``host``."""
+        found = self._find(host, name)
+        if found is None and self._refetch_after_miss():
+            found = self._find(host, name)
+        if found is None:
+            raise ModelNotFound(name)
+        return found
+
+    def _find(self, host: str | None, name: str) -> ModelRecord | None:
         models = self.reachable(host)
         for model in models:
             if model.name == name:
@@ -111,7 +125,25 @@ class ModelDirectory:
         for model in models:
             if name in model.aliases:
                 return model
-        raise ModelNotFound(name)
+        return None
+
+    def _refetch_after_miss(self) -> bool:
+        """Refetch the list after a miss, unless it (or another miss's
+        refetch) is younger than :data:`MISS_REFETCH_INTERVAL_S`; True when
+        a fresh list was stored."""
+        with self._lock:
+            now = time.monotonic()
+            if now - max(self._fetched_at, self._miss_checked_at) < MISS_REFETCH_INTERVAL_S:
+                return False
+            self._miss_checked_at = now
+            generation = self._generation
+            try:
+                fetched = self._fetch()
+            except ServiceUnavailable:
+                return False  # the cached list stands; the name is unknown to it
+            if generation == self._generation:
+                self._models, self._fetched_at = fetched, time.monotonic()
+            return True
 
     def close(self) -> None:
         self.session.close()
