@@ -22,6 +22,8 @@ from infergate_batch.store import BatchStore
 from infergate_common.errors import NotFound
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
 from infergate_common.worker_api import Backend, Task
+from infergate_router.load_report import LoadReporter
+from infergate_router.replica_choice import InFlight
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +148,59 @@ def test_slots_cap_lines_per_model(client: redis.Redis) -> None:
     for holder in holders:
         slots.release(two, holder)
     fixed.release(model("one", 3), "a")
+
+
+def _acquired(slots: ModelSlots, record: ModelRecord, count: int) -> list[bool]:
+    got = [slots.try_acquire(record, f"line-{i}") for i in range(count)]
+    for i in range(count):
+        slots.release(record, f"line-{i}")
+    return got
+
+
+def test_interactive_load_lowers_the_cap(client: redis.Redis) -> None:
+    """The routers' reports (the real reporter over a real in-flight table)
+    take one batch slot per interactive request, down to the floor, and
+    give them back when the requests end."""
+    busy = model("busy", 2)  # 2 lines per replica: a cap of 4
+    slots = ModelSlots(client, "t-load", BatchSettings(batch_lines_per_replica=2), lease_s=30)
+    inflight = InFlight()
+    reporter = LoadReporter(client, "t-load", inflight, interval_s=0.5)
+    assert _acquired(slots, busy, 5) == [True] * 4 + [False]
+
+    urls = []
+    for _ in range(3):
+        urls.append(inflight.choose(busy).url)
+        inflight.acquire(urls[-1])
+    reporter.report()
+    assert _acquired(slots, busy, 2) == [True, False]  # 4 - 3 interactive
+
+    for _ in range(3):
+        urls.append(inflight.choose(busy).url)
+        inflight.acquire(urls[-1])
+    reporter.report()
+    assert _acquired(slots, busy, 2) == [True, False]  # the floor: a batch always moves on
+
+    for url in urls:
+        inflight.release(url)
+    reporter.report()
+    assert _acquired(slots, busy, 5) == [True] * 4 + [False]
+
+
+def test_a_silent_router_stops_counting(client: redis.Redis) -> None:
+    """A router process that reported load and then died (no zero report)
+    lowers the cap only until its report expires."""
+    busy = model("gone", 1)
+    slots = ModelSlots(client, "t-gone", BatchSettings(batch_lines_per_replica=3), lease_s=30)
+    inflight = InFlight()
+    reporter = LoadReporter(client, "t-gone", inflight, interval_s=0.1)
+    for _ in range(2):
+        inflight.acquire(inflight.choose(busy).url)
+    reporter.report()
+    assert _acquired(slots, busy, 2) == [True, False]
+    deadline = time.monotonic() + reporter.life_ms / 1000 + 5
+    while _acquired(slots, busy, 4) != [True] * 3 + [False]:
+        assert time.monotonic() < deadline, "a dead router's load report never expired"
+        time.sleep(0.05)
 
 
 def test_a_dead_holder_frees_its_slot_when_the_lease_ends(client: redis.Redis) -> None:

@@ -3,7 +3,11 @@
 Batch traffic is low priority: at most ``cap`` lines of all batches run on
 a model at once (``batch_lines_per_replica`` per ready replica, or the fixed
 ``batch_model_concurrency``), so interactive requests keep the rest of the
-replicas' capacity and their latency.
+replicas' capacity and their latency. Interactive load lowers the cap
+further: each interactive request the routers report in flight on the
+model (:mod:`infergate_common.interactive_load`) takes one slot away, down
+to ``batch_min_model_concurrency``. Lines already running finish; the
+lower cap holds back the next ones.
 
 The slots of a model are a Redis sorted set of leases scored by their
 expiry time. A thread renews the leases this process holds every third of
@@ -23,27 +27,36 @@ from collections.abc import Callable, Iterator
 
 import redis
 
+from infergate_common.interactive_load import READ_FRESH, load_key
 from infergate_common.registry_api import ModelRecord
 
 from .settings import BatchSettings
 
 log = logging.getLogger(__name__)
 
-_ACQUIRE = """
+# KEYS: the model's slots, its interactive load. ARGV: now, the cap, the
+# lease's expiry, the holder, the lease in ms, the floor of the cap.
+_ACQUIRE = (
+    READ_FRESH
+    + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+local cap = tonumber(ARGV[2])
+cap = math.min(cap, math.max(tonumber(ARGV[6]), cap - interactive_in_flight(KEYS[2])))
+if redis.call('ZCARD', KEYS[1]) < cap then
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
   return 1
 end
 return 0
 """
+)
 
 
 class ModelSlots:
     def __init__(self, client: redis.Redis, prefix: str, settings: BatchSettings, lease_s: float) -> None:
         self.redis = client
         self.prefix = f"{prefix}:batch:slots"
+        self.stream_prefix = prefix
         self.settings = settings
         self.lease_s = lease_s
         self._acquire = client.register_script(_ACQUIRE)
@@ -64,8 +77,9 @@ class ModelSlots:
         now = time.time()
         lease_ms = int(self.lease_s * 1000)
         key = f"{self.prefix}:{model.name}"
-        args: list[str | int | float] = [now, self.cap(model), now + self.lease_s, holder, lease_ms]
-        if not self._acquire(keys=[key], args=args):
+        floor = self.settings.batch_min_model_concurrency
+        args: list[str | int | float] = [now, self.cap(model), now + self.lease_s, holder, lease_ms, floor]
+        if not self._acquire(keys=[key, load_key(self.stream_prefix, model.name)], args=args):
             return False
         with self._lock:
             self._held[holder] = key

@@ -30,6 +30,8 @@ And the routing benchmark:
 
 * ``--tag_tokens``: each streamed token reads ``<request id>:tok<i> ``, so a
   client can tell a token of another stream from its own.
+* ``--answer_ms``: how long a non-streamed answer takes (0 by default), so
+  a test can hold requests in flight without streaming.
 
 Either way the entries go through the shared
 :class:`~infergate_common.stream_writer.StreamOutbox`, as worker-hf's do, and
@@ -90,8 +92,10 @@ class NullEngine(Engine):
         prefix_cache: PrefixCacheModel | None = None,
         stats_file: Path | None = None,
         stream_ttl_s: int = DEFAULT_TTL_S,
+        answer_s: float = 0.0,
     ) -> None:
         self.name = name
+        self.answer_s = answer_s
         self.task = task
         self.tokens = tokens
         self.interval = token_interval_s
@@ -179,6 +183,8 @@ class NullEngine(Engine):
         self.load_meter.enter()
         try:
             self._prefill(request)
+            if self.answer_s:
+                time.sleep(self.answer_s)
             return self._answer(request)
         finally:
             self.load_meter.leave()
@@ -401,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TTL_S,
         help="how long a stream's key outlives its last entry (a soak keeps Redis small with a short one)",
     )
+    parser.add_argument("--answer_ms", type=float, default=0.0, help="how long a non-streamed answer takes")
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--registry_url")
@@ -438,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             else None
         ),
         stats_file=args.stats_file,
+        answer_s=args.answer_ms / 1000.0,
     )
     return run_worker(engine, settings)
 

@@ -89,7 +89,9 @@ def register_request_hooks(app: Flask) -> None:
         g.request_id = given if g.client_request_id else uuid.uuid4().hex
         g.log_context = request_context(g.request_id)
         g.log_context.__enter__()
-        services().changes.ensure_started()
+        parts = services()
+        parts.changes.ensure_started()
+        parts.load.ensure_started()
 
     @app.before_request
     def check_body_size() -> None:

@@ -43,6 +43,17 @@ class InFlight:
     def total(self) -> int:
         return sum(self._counts.values())
 
+    def by_model(self) -> dict[str, int]:
+        """Requests in flight per model name (models with none left out)."""
+        with self._lock:
+            counts = list(self._counts.items())
+        out: dict[str, int] = {}
+        for url, count in counts:
+            model = self._model_of.get(url, "")
+            if model:
+                out[model] = out.get(model, 0) + count
+        return out
+
     def has_room(self, replica: ReplicaRecord, now: float) -> bool:
         capacity = replica.info.capacity if replica.info is not None else None
         if capacity is not None and self.count(replica.url) >= capacity:

@@ -16,6 +16,7 @@ import redis
 from .auth.keystore import AdminKeys, KeysFile, KeyStore
 from .auth.limiter import RateLimiter
 from .dispatch import Dispatcher
+from .load_report import LoadReporter
 from .metrics import RouterMetrics
 from .model_directory import ModelDirectory
 from .readiness import Readiness
@@ -43,13 +44,14 @@ class RouterServices:
     readiness: Readiness
     keys: KeyStore
     limiter: RateLimiter
+    load: LoadReporter
 
     @classmethod
     def build(cls, settings: RouterSettings) -> RouterServices:
         directory = ModelDirectory(
             settings.registry_url, settings.registry_cache_ttl_s, settings.connect_timeout_s
         )
-        # Keys and limits share one small pool; nothing connects before the first call.
+        # Keys, limits and load reports share one small pool; nothing connects before the first call.
         auth_redis = redis.Redis(
             connection_pool=redis.BlockingConnectionPool.from_url(
                 settings.redis_url,
@@ -99,6 +101,7 @@ class RouterServices:
             settings.queue_wait_s,
         )
         readiness = Readiness(reader, directory)
+        load = LoadReporter(auth_redis, settings.stream_prefix, inflight, settings.load_report_interval_s)
         return cls(
             settings,
             directory,
@@ -111,6 +114,7 @@ class RouterServices:
             readiness,
             keys,
             limiter,
+            load,
         )
 
     def begin_drain(self) -> None:
@@ -133,6 +137,7 @@ class RouterServices:
 
     def close(self) -> None:
         self.changes.stop()
+        self.load.stop()
         self.reader.stop()
         self.workers.close()
         self.directory.close()

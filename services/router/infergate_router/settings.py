@@ -57,6 +57,9 @@ class RouterSettings(GenerationLimits):
     # When every replica of a model is at its capacity, how long a request
     # waits for room before a 429 (OpenAI) / 503 (KServe) with Retry-After.
     queue_wait_s: float = Field(1.0, ge=0)
+    # How often each process reports its interactive requests in flight per
+    # model to Redis, where batch workers read them to give way (0: never).
+    load_report_interval_s: float = Field(0.5, ge=0)
     # On SIGTERM, how long open streams may run before they end with an
     # error event (and their generations are cancelled). gunicorn's
     # graceful timeout is this plus a few seconds.
