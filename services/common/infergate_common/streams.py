@@ -39,7 +39,6 @@ mid-way disappears by itself.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -106,17 +105,33 @@ def encode_event(event: StreamEvent) -> dict[str, str]:
 
 
 def decode_event(fields: dict[Any, Any]) -> StreamEvent:
-    """Parse the field map ``XREAD`` returns (bytes or str keys)."""
-    norm = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in fields.items()
-    }
-    name = norm.get("event", "")
+    """Parse the field map ``XREAD``/``XRANGE`` return (bytes or str keys)."""
+    name = fields.get(b"event")
+    if name is None:
+        name = fields.get("event", "")
+    data = fields.get(b"data")
+    if data is None:
+        data = fields.get("data")
+    return _decode(name, data)
+
+
+def decode_fields(fields: list[Any]) -> StreamEvent:
+    """Parse an entry's raw field list (``[b"event", name, b"data", json]``,
+    as a raw ``XREAD`` reply holds it, without redis-py's map building): the
+    router decodes one entry per token."""
+    if len(fields) == 4 and fields[0] == b"event" and fields[2] == b"data":
+        return _decode(fields[1], fields[3])
+    return decode_event(dict(zip(fields[::2], fields[1::2], strict=False)))
+
+
+def _decode(name: bytes | str, data: bytes | str | None) -> StreamEvent:
+    if isinstance(name, bytes):
+        name = name.decode()
     cls = _BY_NAME.get(name)
     if cls is None:
         return ErrorEvent(message=f"unknown stream event {name!r}")
-    data = json.loads(norm.get("data") or "{}")
-    return cls.model_validate(data)  # type: ignore[return-value]
+    # Validated straight from the JSON bytes (pydantic's Rust path).
+    return cls.model_validate_json(data or b"{}")  # type: ignore[return-value]
 
 
 def is_final(event: StreamEvent) -> bool:

@@ -3,6 +3,7 @@ from infergate_common.streams import (
     ErrorEvent,
     HeartbeatEvent,
     decode_event,
+    decode_fields,
     encode_event,
     is_final,
 )
@@ -17,3 +18,13 @@ def test_encode_decode_round_trip() -> None:
     assert not is_final(delta)
     unknown = decode_event({"event": "bogus", "data": "{}"})
     assert isinstance(unknown, ErrorEvent)
+
+
+def test_raw_field_lists_decode_like_maps() -> None:
+    delta = DeltaEvent(seq=7, text="tok ", tokens=1)
+    fields = encode_event(delta)
+    raw = [b"event", fields["event"].encode(), b"data", fields["data"].encode()]
+    assert decode_fields(raw) == delta
+    # Another field order (not what the workers write) still decodes.
+    assert decode_fields([raw[2], raw[3], raw[0], raw[1]]) == delta
+    assert isinstance(decode_fields([b"event", b"bogus", b"data", b"{}"]), ErrorEvent)
