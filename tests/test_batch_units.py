@@ -178,7 +178,11 @@ def test_interactive_load_lowers_the_cap(client: redis.Redis) -> None:
         urls.append(inflight.choose(busy).url)
         inflight.acquire(urls[-1])
     reporter.report()
-    assert _acquired(slots, busy, 2) == [True, False]  # the floor: a batch always moves on
+    assert _acquired(slots, busy, 1) == [False]  # the default floor of 0: batches wait
+    moving = ModelSlots(
+        client, "t-load", BatchSettings(batch_lines_per_replica=2, batch_min_model_concurrency=1), lease_s=30
+    )
+    assert _acquired(moving, busy, 2) == [True, False]  # a floor of 1: a batch always moves on
 
     for url in urls:
         inflight.release(url)

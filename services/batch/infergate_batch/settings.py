@@ -46,8 +46,9 @@ class BatchSettings(BaseModel):
     # A fixed cap per model instead (0: per replica as above).
     batch_model_concurrency: int = Field(0, ge=0)
     # Each interactive request in flight on the model (as its routers report
-    # it) lowers the cap by one, down to this floor (a batch always moves on).
-    batch_min_model_concurrency: int = Field(1, ge=1)
+    # it) lowers the cap by one, down to this floor (0: batches pause while
+    # interactive requests fill their share; 1: a batch always moves on).
+    batch_min_model_concurrency: int = Field(0, ge=0)
     # A worker that died holding a model slot frees it after this long.
     batch_slot_lease_s: float = Field(30.0, gt=0)
     # A line answered 429/502/503 is retried this many times, with backoff.
