@@ -4,7 +4,9 @@ the end for nobody.
 
 Under gunicorn's gevent workers the WSGI environ carries the client socket
 (``gunicorn.socket``); one greenlet per request waits for it to turn
-readable. A read of nothing is the client gone; data (a pipelined request)
+readable, from ``WATCH_AFTER_S`` after the first call on: a request
+answered sooner (most) never runs it, and a client gone sooner is noticed
+that much later. A read of nothing is the client gone; data (a pipelined request)
 ends the watch. The greenlet is killed as soon as the last call it watches
 for returns, before the response is written, so gunicorn alone reads the
 socket afterwards. Elsewhere (the Flask test client, threads) nothing is
@@ -27,6 +29,8 @@ from gevent import monkey
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
+# How long a call runs before its client is watched.
+WATCH_AFTER_S = 0.05
 _ENVIRON_KEY = "infergate.client_watcher"
 
 
@@ -46,7 +50,7 @@ class ClientWatcher:
             self._next += 1
             self._callbacks[token] = on_gone
             if self._greenlet is None:
-                self._greenlet = gevent.spawn(self._run)
+                self._greenlet = gevent.spawn_later(WATCH_AFTER_S, self._run)
 
         def stop() -> None:
             with self._lock:
