@@ -20,6 +20,10 @@ from .metrics import RouterMetrics
 from .sse import KEEPALIVE, SseEvent
 from .stream_reader import Entry
 
+# Relayed tokens reach the token counter at most this often per stream
+# (and at its end): a counter update per token was a few percent of the relay.
+TOKEN_COUNT_FLUSH_S = 0.25
+
 
 class StreamFormatter(Protocol):
     def delta(self, position: int, entry: Entry, event: DeltaEvent) -> Iterable[SseEvent]: ...
@@ -43,6 +47,8 @@ def relay(
     first_at: float | None = None
     last_at = 0.0
     tokens = 0
+    uncounted = 0
+    counted_at = time.monotonic()
     prompt_tokens = 0
     metrics.stream_started(model)
     try:
@@ -58,7 +64,10 @@ def relay(
                             first_at = last_at
                             metrics.first_token(model, first_at - started_at)
                         tokens += event.tokens
-                        metrics.output_tokens(model, event.tokens)
+                        uncounted += event.tokens
+                        if last_at - counted_at >= TOKEN_COUNT_FLUSH_S:
+                            metrics.output_tokens(model, uncounted)
+                            uncounted, counted_at = 0, last_at
                     yield from formatter.delta(position, entry, event)
                 elif isinstance(event, DoneEvent):
                     prompt_tokens += event.usage.prompt_tokens
@@ -71,6 +80,7 @@ def relay(
             yield from formatter.finish()
     finally:
         group.close()
+        metrics.output_tokens(model, uncounted)
         metrics.stream_ended(model, outcome)
         metrics.prompt_tokens(model, prompt_tokens)
         if first_at is not None and tokens > 1:

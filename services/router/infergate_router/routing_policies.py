@@ -170,6 +170,8 @@ class PrefixTable:
 
 
 def fewest_in_flight(ready: Sequence[ReplicaRecord], count: Count) -> ReplicaRecord:
+    if len(ready) == 1:
+        return ready[0]
     lowest = min(count(r.url) for r in ready)
     return random.choice([r for r in ready if count(r.url) == lowest])
 
