@@ -32,6 +32,7 @@ from . import worker_metrics
 from .admission import Admission
 from .engine import Engine
 from .internal_auth import auth_header, warn_if_open
+from .periodic import run_every
 from .registry_api import ReplicaRegistration, RoutingPolicy
 from .streams import DEFAULT_PREFIX, stream_key
 from .worker_app import create_worker_app, readiness
@@ -117,18 +118,16 @@ class Registration:
         response.raise_for_status()
 
     def run(self) -> None:
-        logged_failure = False
-        while not self.stopped.is_set():
-            try:
-                self.register_once()
-                if logged_failure:
-                    log.info("registry reachable again")
-                logged_failure = False
-            except requests.RequestException as exc:
-                if not logged_failure:
-                    log.warning("registry heartbeat failed: %s", exc)
-                logged_failure = True
-            self.stopped.wait(self.settings.heartbeat_interval_s)
+        run_every(
+            self.settings.heartbeat_interval_s,
+            self.stopped,
+            self.register_once,
+            (requests.RequestException,),
+            log,
+            "registry heartbeat failed: %s",
+            "registry reachable again",
+            step_first=True,
+        )
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self.run, name="registry-heartbeat", daemon=True)

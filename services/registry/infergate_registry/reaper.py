@@ -17,6 +17,8 @@ import threading
 
 import redis
 
+from infergate_common.periodic import run_every
+
 from .store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -39,18 +41,19 @@ class Reaper:
         self.thread.join(timeout=5)
 
     def _run(self) -> None:
-        failing = False
-        while not self.stopped.wait(self.interval_s):
-            try:
-                for name, url in self.store.reap_expired():
-                    log.info("replica expired", extra={"model": name, "replica": url})
-                if self.model_expiry_s > 0:
-                    for name in self.store.expire_vacant(self.model_expiry_s):
-                        log.info("model expired: no replica left", extra={"model": name})
-                if failing:
-                    log.info("redis reachable again")
-                failing = False
-            except redis.RedisError as exc:
-                if not failing:
-                    log.warning("cannot sweep expired replicas: %s", exc)
-                failing = True
+        run_every(
+            self.interval_s,
+            self.stopped,
+            self._sweep,
+            (redis.RedisError,),
+            log,
+            "cannot sweep expired replicas: %s",
+            "redis reachable again",
+        )
+
+    def _sweep(self) -> None:
+        for name, url in self.store.reap_expired():
+            log.info("replica expired", extra={"model": name, "replica": url})
+        if self.model_expiry_s > 0:
+            for name in self.store.expire_vacant(self.model_expiry_s):
+                log.info("model expired: no replica left", extra={"model": name})

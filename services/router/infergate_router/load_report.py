@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from infergate_common.interactive_load import REPORT, load_key
+from infergate_common.periodic import run_every
 
 from .replica_choice import InFlight
 
@@ -68,14 +69,12 @@ class LoadReporter:
         self._reported = {m: c for m, c in changed.items() if c}
 
     def _run(self) -> None:
-        failing = False
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.report()
-                if failing:
-                    log.info("interactive load reports reach Redis again")
-                failing = False
-            except redis.RedisError as exc:
-                if not failing:
-                    log.warning("cannot report interactive load: %s", exc)
-                failing = True
+        run_every(
+            self.interval_s,
+            self._stop,
+            self.report,
+            (redis.RedisError,),
+            log,
+            "cannot report interactive load: %s",
+            "interactive load reports reach Redis again",
+        )
