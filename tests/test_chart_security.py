@@ -173,6 +173,7 @@ def test_generated_credentials_reach_every_service(chart: Chart) -> None:
     }
     assert registry["INFERGATE_CHECK_REPLICA_ADDRESS"]["value"] == "true"
     assert float(registry["INFERGATE_MAX_REPLICA_TTL_S"]["value"]) == 60
+    assert float(registry["INFERGATE_MODEL_EXPIRY_S"]["value"]) == 600
     assert "INFERGATE_ADMIN_TOKEN" not in deployment_env(chart, manifests, "router")
 
 

@@ -11,6 +11,7 @@ server; a row gives the median of the repetitions and their spread
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ NAME = "vllm"
 LEVELS = (1, 8, 32)
 MIN_REQUESTS = 100
 REPS = 3
+PROFILE_REQUESTS = 200
+PROFILE_ATTACH_S = 2.0
 MODEL = "tiny-llama"
 VLLM_PY = ROOT / ".venv-vllm" / "bin" / "python"
 # The same engine settings on both sides (vLLM on the CPU: see environment.md).
@@ -101,12 +104,15 @@ def _profile(
     ctx: Context, result: ScenarioResult, stack: BenchStack, worker_pid: int, call: Call, duration: float
 ) -> None:
     """Our path again at 8 streams under py-spy: the router and worker-vllm
-    (with its engine subprocess)."""
+    (with its engine subprocess). ``PROFILE_REQUESTS`` requests, a few
+    seconds of load, after ``PROFILE_ATTACH_S`` for py-spy to attach (16
+    requests, as before, ended before it had: the profiles came back empty)."""
     with (
         py_spy_record(stack.router_pids()[0], ctx.profile_path(NAME)) as router,
         py_spy_record(worker_pid, ctx.profile_path(NAME, "worker"), subprocesses=True) as worker,
     ):
-        run_async(fresh_run(call, 8, 16, duration))
+        time.sleep(PROFILE_ATTACH_S)
+        run_async(fresh_run(call, 8, PROFILE_REQUESTS, duration))
     result.profile = router
     result.profiles["worker-vllm"] = worker
 

@@ -100,6 +100,14 @@ class Overloaded(ServiceUnavailable):
         self.retry_after_s = retry_after_s
 
 
+class ClientClosedRequest(InfergateError):
+    """The client went away before its request reached a worker: nothing
+    was started for it (499, nginx's "client closed request")."""
+
+    status = 499
+    type = "client_closed_request"
+
+
 class GatewayTimeout(InfergateError):
     status = 504
     type = "timeout_error"

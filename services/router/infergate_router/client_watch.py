@@ -44,6 +44,16 @@ class ClientWatcher:
         self._next = 0
         self._greenlet: Any = None
 
+    def gone(self) -> bool:
+        """Whether the client has disconnected already (a check that does
+        not wait): a request whose client left while it queued is not
+        started on a worker."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            return bool(readable) and not self.sock.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return True
+
     def __call__(self, on_gone: Callable[[], None]) -> Callable[[], None]:
         with self._lock:
             token = self._next

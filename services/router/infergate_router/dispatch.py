@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from infergate_common.errors import GatewayTimeout, Overloaded, ServiceUnavailable
+from infergate_common.errors import ClientClosedRequest, GatewayTimeout, Overloaded, ServiceUnavailable
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
 from infergate_common.streams import DoneEvent, ErrorEvent, is_final, stream_key
 from infergate_common.worker_api import GenerateRequest, GenerateResponse
@@ -40,9 +40,11 @@ ABORTED_BY_WORKER = (
 
 class ClientWatch(Protocol):
     """Calls ``on_gone`` if the client disconnects while a call runs; the
-    returned function stops watching."""
+    returned function stops watching. ``gone()`` checks without waiting."""
 
     def __call__(self, on_gone: Callable[[], None]) -> Callable[[], None]: ...
+
+    def gone(self) -> bool: ...
 
 
 @dataclass(eq=False)
@@ -194,6 +196,8 @@ class Dispatcher:
         client disconnects (``watch``) or the worker does not answer in time."""
 
         def send(url: str) -> GenerateResponse:
+            if watch is not None and watch.gone():
+                raise ClientClosedRequest("the client disconnected before its request was sent to a worker")
             stop = watch(lambda: self.workers.cancel_later(url, request.request_id)) if watch else None
             try:
                 return self.workers.generate(url, request)

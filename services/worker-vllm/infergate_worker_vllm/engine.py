@@ -137,6 +137,9 @@ class VllmEngine(Engine):
         self._lock = threading.Lock()
         self._active: set[str] = set()
         self._cancelled: set[str] = set()
+        # Cancelled requests the engine has not been told of yet (one abort for all).
+        self._abort_pending: set[str] = set()
+        self._abort_scheduled = False
         # The streamed ones among the active requests (they outlive their /generate call).
         self._stream_ids: set[str] = set()
         # Touched only on the engine's loop.
@@ -364,13 +367,32 @@ class VllmEngine(Engine):
             raise
 
     def cancel(self, request_id: str) -> bool:
+        """Mark the request cancelled and have the loop abort it; returns at
+        once. Cancels that arrive together (a storm of abandoned streams)
+        go to the engine as one abort: a cancel that waited for its own
+        abort on a busy loop held a request thread for seconds, and 200 of
+        them held every thread the next request needed."""
         with self._lock:
             if request_id not in self._active:
                 return False
             self._cancelled.add(request_id)
-        if self._loaded.is_set() and not self.llm.errored:
-            self.loop.run(self.llm.abort(request_id), timeout=5)
+            self._abort_pending.add(request_id)
+            schedule = not self._abort_scheduled
+            self._abort_scheduled = True
+        if schedule:
+            if self._loaded.is_set() and not self.llm.errored:
+                self.loop.submit(self._abort_pending_requests())
+            else:
+                with self._lock:
+                    self._abort_scheduled = False
         return True
+
+    async def _abort_pending_requests(self) -> None:
+        with self._lock:
+            pending, self._abort_pending = self._abort_pending, set()
+            self._abort_scheduled = False
+        if pending and not self.llm.errored:
+            await self.llm.abort(list(pending))
 
     def _release(self, request_id: str) -> None:
         with self._lock:

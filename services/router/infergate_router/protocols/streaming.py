@@ -15,14 +15,15 @@ end), and never starts a second generation:
 
 from __future__ import annotations
 
-from flask import Response, g
+from flask import Response, g, request
 
-from infergate_common.errors import InvalidRequest, NotFound
+from infergate_common.errors import ClientClosedRequest, InvalidRequest, NotFound
 from infergate_common.registry_api import ModelRecord
 from infergate_common.streams import stream_key
 from infergate_common.worker_api import GenerateRequest
 
 from ..auth import guard
+from ..client_watch import client_watch
 from ..metered_stream import MeteredFormatter
 from ..relay import StreamFormatter, relay
 from ..services import services
@@ -57,6 +58,10 @@ def stream_response(
                         "or use a new id",
                         status=409,
                     )
+            watch = client_watch(request.environ)
+            if watch is not None and watch.gone():
+                # It left while the request queued here: start nothing for nobody.
+                raise ClientClosedRequest("the client disconnected before its stream was started")
             for req in requests:
                 svc.dispatcher.open_stream(group, model, req, note if len(requests) == 1 else None)
     except BaseException:
