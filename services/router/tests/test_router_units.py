@@ -3,8 +3,11 @@ the metrics exposition, settings from the environment."""
 
 from __future__ import annotations
 
+import socket
+
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
 from infergate_common.worker_api import Backend, Task
+from infergate_router.client_watch import ClientWatcher
 from infergate_router.metrics import RouterMetrics
 from infergate_router.model_directory import normalise_host
 from infergate_router.replica_choice import InFlight
@@ -105,3 +108,17 @@ def test_sse_body_closed_before_iteration_still_runs_on_close() -> None:
     assert response.headers["Cache-Control"] == "no-cache"
     response.close()
     assert closed == ["on_close"]
+
+
+def test_a_client_that_left_is_seen_without_waiting() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        watcher = ClientWatcher(ours)
+        assert not watcher.gone()  # connected, nothing sent
+        theirs.sendall(b"GET / HTTP/1.1\r\n")  # a pipelined request is not a goodbye
+        assert not watcher.gone()
+        assert ours.recv(64)
+        theirs.close()
+        assert watcher.gone()
+    finally:
+        ours.close()
