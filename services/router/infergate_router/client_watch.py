@@ -48,9 +48,17 @@ class ClientWatcher:
         """Whether the client has disconnected already (a check that does
         not wait): a request whose client left while it queued is not
         started on a worker."""
+        return self._look(0) is True
+
+    def _look(self, timeout_s: float) -> bool | None:
+        """Wait up to ``timeout_s`` for the socket to turn readable: None
+        when it did not, True when the client is gone (a read of nothing, or
+        an error), False when it sent data (a pipelined request)."""
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-            return bool(readable) and not self.sock.recv(1, socket.MSG_PEEK)
+            readable, _, _ = select.select([self.sock], [], [], timeout_s)
+            if not readable:
+                return None
+            return not self.sock.recv(1, socket.MSG_PEEK)
         except (OSError, ValueError):
             return True
 
@@ -75,24 +83,18 @@ class ClientWatcher:
         return stop
 
     def _run(self) -> None:
-        while True:
-            try:
-                readable, _, _ = select.select([self.sock], [], [], POLL_S)
-                if not readable:
-                    continue
-                gone = not self.sock.recv(1, socket.MSG_PEEK)
-            except (OSError, ValueError):
-                gone = True
-            with self._lock:
-                callbacks = list(self._callbacks.values()) if gone else []
-                self._callbacks.clear()
-                self._greenlet = None
-            if callbacks:
-                log.info("client disconnected: cancelling its generation")
-            for callback in callbacks:
-                with contextlib.suppress(Exception):
-                    callback()
-            return
+        gone = self._look(POLL_S)
+        while gone is None:
+            gone = self._look(POLL_S)
+        with self._lock:
+            callbacks = list(self._callbacks.values()) if gone else []
+            self._callbacks.clear()
+            self._greenlet = None
+        if callbacks:
+            log.info("client disconnected: cancelling its generation")
+        for callback in callbacks:
+            with contextlib.suppress(Exception):
+                callback()
 
 
 def client_watch(environ: dict[str, Any]) -> ClientWatcher | None:

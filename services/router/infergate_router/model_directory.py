@@ -64,11 +64,16 @@ class ModelDirectory:
             models = self._fresh()
             if models is not None:
                 return models
-            generation = self._generation
-            fetched = self._fetch()
-            if generation == self._generation:
-                self._models, self._fetched_at = fetched, time.monotonic()
-            return fetched
+            return self._fetch_and_store()
+
+    def _fetch_and_store(self) -> list[ModelRecord]:
+        """Fetch the list (the lock held) and keep it, unless a change
+        message arrived meanwhile (the fetched list may predate it)."""
+        generation = self._generation
+        fetched = self._fetch()
+        if generation == self._generation:
+            self._models, self._fetched_at = fetched, time.monotonic()
+        return fetched
 
     def _fresh(self) -> list[ModelRecord] | None:
         models = self._models
@@ -136,13 +141,10 @@ class ModelDirectory:
             if now - max(self._fetched_at, self._miss_checked_at) < MISS_REFETCH_INTERVAL_S:
                 return False
             self._miss_checked_at = now
-            generation = self._generation
             try:
-                fetched = self._fetch()
+                self._fetch_and_store()
             except ServiceUnavailable:
                 return False  # the cached list stands; the name is unknown to it
-            if generation == self._generation:
-                self._models, self._fetched_at = fetched, time.monotonic()
             return True
 
     def close(self) -> None:

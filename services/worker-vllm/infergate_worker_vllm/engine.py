@@ -198,12 +198,7 @@ class VllmEngine(Engine):
         """Redis refused the request's stream (called on the loop): nobody
         can read the rest, so the engine stops generating it."""
         log.error("token stream lost; aborting the generation", extra={"request_id": request_id})
-        with self._lock:
-            if request_id not in self._active:
-                return
-            self._cancelled.add(request_id)
-        if self.llm is not None and not self.llm.errored:
-            self.loop.loop.create_task(self.llm.abort(request_id))
+        self.cancel(request_id)
 
     def ready(self) -> tuple[bool, str]:
         if self._dead is not None:
