@@ -84,7 +84,7 @@ def test_batch_lines_give_way_to_interactive_requests(stack: Stack, null_worker:
         )
         # Lines that started before the report finish (--answer_ms 200); after
         # that, no line starts while the streams last.
-        time.sleep(0.5)
+        _poll(lambda: batch_lines() == 0, lambda: f"the running lines never finished: {state()}", 5)
         seen = []
         while any(thread.is_alive() for thread in streams) and len(seen) < 100:
             seen.append(batch_lines())
