@@ -139,7 +139,6 @@ class VllmEngine(Engine):
         self._cancelled: set[str] = set()
         # Cancelled requests the engine has not been told of yet (one abort for all).
         self._abort_pending: set[str] = set()
-        self._abort_scheduled = False
         # The streamed ones among the active requests (they outlive their /generate call).
         self._stream_ids: set[str] = set()
         # Touched only on the engine's loop.
@@ -371,21 +370,20 @@ class VllmEngine(Engine):
             if request_id not in self._active:
                 return False
             self._cancelled.add(request_id)
+            # A non-empty set has its abort scheduled already.
+            schedule = not self._abort_pending
             self._abort_pending.add(request_id)
-            schedule = not self._abort_scheduled
-            self._abort_scheduled = True
         if schedule:
             if self._loaded.is_set() and not self.llm.errored:
                 self.loop.submit(self._abort_pending_requests())
             else:
                 with self._lock:
-                    self._abort_scheduled = False
+                    self._abort_pending.clear()
         return True
 
     async def _abort_pending_requests(self) -> None:
         with self._lock:
             pending, self._abort_pending = self._abort_pending, set()
-            self._abort_scheduled = False
         if pending and not self.llm.errored:
             await self.llm.abort(list(pending))
 
