@@ -7,38 +7,27 @@ built at import time by ``wsgi.py`` and in tests without any service up.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import re
-import time
-import uuid
 from collections.abc import Callable
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from infergate_common.errors import (
-    InfergateError,
-    InvalidRequest,
-    NotFound,
-    PayloadTooLarge,
-)
-from infergate_common.logs import request_context
+from infergate_common.errors import InfergateError, InvalidRequest, NotFound
 
-from . import public_errors
+from . import request_cycle
 from .auth import guard
 from .protocols import kserve
 from .protocols.openai import batches as openai_batches
 from .protocols.openai import routes as openai_routes
 from .protocols.v1 import routes as v1_routes
 from .protocols.v2 import routes as v2_routes
+from .request_cycle import Renderer
+from .request_scope import close_scope, current_or_none, open_scope
 from .services import EXTENSION, RouterServices, services
 from .settings import RouterSettings
 
 log = logging.getLogger("infergate_router")
-
-Renderer = Callable[[InfergateError], Response]
 
 # Each protocol renders errors in its own shape; requests that matched no
 # route are told apart by their path.
@@ -54,11 +43,6 @@ RENDERERS: dict[str, Renderer] = {
 # the Ingress never routes to.
 OPEN_PATHS = frozenset({"/", "/readyz", "/v2/health/live", "/v2/health/ready"})
 
-# Retry-After of a 429 or 503 that does not name its own.
-DEFAULT_RETRY_AFTER_S = 1.0
-
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
 
 def renderer_for_request() -> Renderer:
     renderer = RENDERERS.get(request.blueprint or "")
@@ -67,6 +51,11 @@ def renderer_for_request() -> Renderer:
     if request.path.startswith("/openai/"):
         return openai_routes.render_error
     return kserve.render_error
+
+
+def _request_id() -> str | None:
+    scope = current_or_none()
+    return scope.request_id if scope is not None else None
 
 
 # ------------------------------------------------------------------- steps
@@ -79,64 +68,37 @@ def configure(app: Flask, settings: RouterSettings) -> None:
 
 
 def register_request_hooks(app: Flask) -> None:
-    settings: RouterSettings = app.extensions[EXTENSION].settings
+    parts: RouterServices = app.extensions[EXTENSION]
+    settings = parts.settings
 
     @app.before_request
     def start() -> None:
-        g.started_at = time.monotonic()
-        given = request.headers.get("X-Request-Id", "")
-        g.client_request_id = bool(_SAFE_REQUEST_ID.match(given))
-        g.request_id = given if g.client_request_id else uuid.uuid4().hex
-        g.log_context = request_context(g.request_id)
-        g.log_context.__enter__()
-        parts = services()
-        parts.changes.ensure_started()
-        parts.load.ensure_started()
-
-    @app.before_request
-    def check_body_size() -> None:
-        length = request.content_length
-        # A view may allow larger bodies (file uploads) with a ``max_body_bytes`` attribute.
+        """The request's scope; then the body size (a view may allow larger
+        bodies, file uploads, with a ``max_body_bytes`` attribute) and the
+        caller's key."""
         view = app.view_functions.get(request.endpoint or "")
         limit = getattr(view, "max_body_bytes", settings.max_body_bytes)
-        if length is not None and length > limit:
-            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
-
-    @app.before_request
-    def authenticate() -> None:
+        g.scope = open_scope(parts, request.environ, request_cycle.BodyReader(request.environ, limit))
+        request_cycle.check_body_size(request.content_length, limit)
         if request.path not in OPEN_PATHS:
             guard.authenticate()
 
     @app.after_request
     def finish(response: Response) -> Response:
-        guard.finish(response)
-        request_id = g.get("request_id")
-        if request_id:
-            response.headers["X-Request-Id"] = request_id
-        started = g.get("started_at")
-        if started is not None:
-            seconds = time.monotonic() - started
-            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            services().metrics.request(route, request.method, response.status_code, seconds)
-            log.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status_code,
-                    "duration_ms": round(seconds * 1000, 2),
-                },
-            )
+        scope = current_or_none()
+        if scope is None:
+            return response
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        request_cycle.finish(scope, response, route)
         return response
 
     @app.teardown_request
     def leave_context(_: BaseException | None) -> None:
-        guard.teardown()
-        context = g.pop("log_context", None)
-        if context is not None:
-            # A context entered in another greenlet cannot be reset from this one.
-            with contextlib.suppress(ValueError):
-                context.__exit__(None, None, None)
+        opened = g.pop("scope", None)
+        if opened is not None:
+            scope, token = opened
+            guard.teardown(scope)
+            close_scope(scope, token)
 
 
 def register_blueprints(app: Flask) -> None:
@@ -163,16 +125,7 @@ def register_blueprints(app: Flask) -> None:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(InfergateError)
     def infergate_error(error: InfergateError) -> Response:
-        if error.status >= 500:
-            log.warning("request failed: %s", error.message, extra={"status": error.status})
-        response = renderer_for_request()(public_errors.public(error, g.get("request_id")))
-        retry_after = error.retry_after_s
-        if retry_after is None and response.status_code in (429, 503):
-            # Overloaded or a dependency briefly away: clients back off and come back.
-            retry_after = DEFAULT_RETRY_AFTER_S
-        if retry_after is not None:
-            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-        return response
+        return request_cycle.error_response(renderer_for_request(), error, _request_id())
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
@@ -181,18 +134,14 @@ def register_error_handlers(app: Flask) -> None:
         if status == 404:
             converted = NotFound(f"Not found: {request.method} {request.path}")
         elif status == 413:
-            converted = PayloadTooLarge(
-                f"request body exceeds the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
-            )
+            converted = request_cycle.too_large(app.config["MAX_CONTENT_LENGTH"])
         else:
             converted = InvalidRequest(error.description or error.name, status=status)
         return renderer_for_request()(converted)
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
-        log.exception("unexpected router error")
-        message = public_errors.with_request_id("internal error", g.get("request_id"))
-        return renderer_for_request()(InfergateError(message))
+        return request_cycle.unexpected_response(renderer_for_request(), _request_id())
 
 
 STEPS: tuple[Callable[[Flask], None], ...] = (

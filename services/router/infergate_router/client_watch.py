@@ -3,14 +3,15 @@ on a worker, so the worker's generation is cancelled instead of running to
 the end for nobody.
 
 Under gunicorn's gevent workers the WSGI environ carries the client socket
-(``gunicorn.socket``); one greenlet per request waits for it to turn
-readable, from ``WATCH_AFTER_S`` after the first call on: a request
-answered sooner (most) never runs it, and a client gone sooner is noticed
-that much later. A read of nothing is the client gone; data (a pipelined request)
-ends the watch. The greenlet is killed as soon as the last call it watches
-for returns, before the response is written, so gunicorn alone reads the
-socket afterwards. Elsewhere (the Flask test client, threads) nothing is
-watched.
+(``gunicorn.sock`` under the ``gevent_pywsgi`` worker the router runs,
+``gunicorn.socket`` under ``gevent``); one greenlet per request waits for
+it to turn readable, from ``WATCH_AFTER_S`` after the first call on (a
+timer of the loop starts it): a request answered sooner (most) never runs
+it, and a client gone sooner is noticed that much later. A read of nothing
+is the client gone; data (a pipelined request) ends the watch. The
+greenlet is killed as soon as the last call it watches for returns, before
+the response is written, so the server alone reads the socket afterwards.
+Elsewhere (the Flask test client, threads) nothing is watched.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ClientWatcher:
         self._lock = threading.Lock()
         self._callbacks: dict[int, Callable[[], None]] = {}
         self._next = 0
+        self._timer: Any = None
         self._greenlet: Any = None
 
     def gone(self) -> bool:
@@ -67,20 +69,31 @@ class ClientWatcher:
             token = self._next
             self._next += 1
             self._callbacks[token] = on_gone
-            if self._greenlet is None:
-                self._greenlet = gevent.spawn_later(WATCH_AFTER_S, self._run)
+            if self._timer is None and self._greenlet is None:
+                # A timer of the loop, not a greenlet: most requests end before it fires.
+                self._timer = gevent.get_hub().loop.timer(WATCH_AFTER_S)
+                self._timer.start(self._begin)
 
         def stop() -> None:
             with self._lock:
                 self._callbacks.pop(token, None)
-                idle = not self._callbacks
-                greenlet = self._greenlet if idle else None
-                if idle:
-                    self._greenlet = None
+                timer = greenlet = None
+                if not self._callbacks:
+                    timer, greenlet = self._timer, self._greenlet
+                    self._timer = self._greenlet = None
+            if timer is not None:
+                timer.close()
             if greenlet is not None:
                 greenlet.kill(block=True)
 
         return stop
+
+    def _begin(self) -> None:
+        """In the loop, once the first call has run ``WATCH_AFTER_S``."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.close()
+            self._greenlet = gevent.spawn(self._run)
 
     def _run(self) -> None:
         gone = self._look(POLL_S)
@@ -99,7 +112,7 @@ class ClientWatcher:
 
 def client_watch(environ: dict[str, Any]) -> ClientWatcher | None:
     """The request's watcher (one per request, shared by its calls)."""
-    sock = environ.get("gunicorn.socket")
+    sock = environ.get("gunicorn.socket") or environ.get("gunicorn.sock")
     if not isinstance(sock, socket.socket) or not monkey.is_module_patched("socket"):
         return None
     watcher = environ.get(_ENVIRON_KEY)

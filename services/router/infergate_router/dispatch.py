@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 from infergate_common.errors import ClientClosedRequest, GatewayTimeout, Overloaded, ServiceUnavailable
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
 from infergate_common.streams import DoneEvent, ErrorEvent, is_final, stream_key
-from infergate_common.worker_api import GenerateRequest, GenerateResponse
+from infergate_common.worker_api import GenerateRequest, GenerateResponse, StreamAccepted
 
 from .replica_choice import InFlight
 from .stream_reader import Entry, StreamReader, Subscription
@@ -108,6 +108,13 @@ class StreamGroup:
             return
         event = ErrorEvent(status=status, type="service_unavailable_error", message=message)
         self.queue.put(Entry(stream.subscription.key, stream.subscription.last_id, event, local=True))
+
+    def abandon(self) -> None:
+        """The client is gone (called from the greenlet that watches its
+        socket): free the replicas and cancel the generations now, and wake
+        the reader so the response ends."""
+        self.abort("the client disconnected", status=499)
+        self.close()
 
     def _release(self, stream: OpenStream) -> None:
         self.dispatcher.reader.unsubscribe(stream.subscription)
@@ -231,17 +238,30 @@ class Dispatcher:
         return f"{self.prefix}:streamnote:{request_id}"
 
     def open_stream(
-        self, group: StreamGroup, model: ModelRecord, request: GenerateRequest, note: str | None = None
+        self,
+        group: StreamGroup,
+        model: ModelRecord,
+        request: GenerateRequest,
+        note: str | None = None,
+        watch: ClientWatch | None = None,
     ) -> None:
         """Subscribe to the request's stream (503 when Redis is down), then
         start the generation on a replica, which stays counted in flight
         until the stream ends. ``note`` is kept beside the stream for
-        clients that come back for it later."""
+        clients that come back for it later. A client gone (``watch``) by
+        the time a replica has room gets nothing started: a slot freed by
+        one abandoned stream must not go to another."""
         key = stream_key(self.prefix, request.request_id)
         stored = (self.note_key(request.request_id), note) if note is not None else None
         subscription = self.reader.subscribe(key, shared=group.queue, note=stored)
+
+        def start(url: str) -> StreamAccepted:
+            if watch is not None and watch.gone():
+                raise ClientClosedRequest("the client disconnected before its stream was started")
+            return self.workers.start_stream(url, request)
+
         try:
-            replica, accepted = self._place(model, lambda url: self.workers.start_stream(url, request))
+            replica, accepted = self._place(model, start)
         except Exception:
             self.reader.unsubscribe(subscription)
             raise

@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import functools
 import hashlib
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from infergate_common.registry_api import ReplicaRecord, RoutingPolicy
@@ -77,10 +78,15 @@ Count = Callable[[str], int]
 
 @dataclass(frozen=True)
 class RouteHint:
-    """What the current request offers the keyed policies."""
+    """What the current request offers the keyed policies. The prompt
+    prefix is taken from the body only when a prefix-aware model asks."""
 
     session: str | None = None
-    prefix: str | None = None
+    body: Mapping[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def prefix(self) -> str | None:
+        return prompt_prefix(self.body)
 
 
 _HINT: contextvars.ContextVar[RouteHint | None] = contextvars.ContextVar("infergate_route_hint", default=None)
@@ -94,13 +100,15 @@ class _Headers(Protocol):
     def get(self, key: str) -> str | None: ...
 
 
-def set_route_hint(body: Mapping[str, Any], headers: _Headers | Mapping[str, str]) -> None:
-    """Note the session and prompt prefix of the request being handled
-    (called once per parsed body, so a keep-alive connection's next request
-    never sees the previous one's)."""
+def set_route_hint(
+    body: Mapping[str, Any], headers: _Headers | Mapping[str, str | None]
+) -> Callable[[], None]:
+    """Note the session and prompt of the request being handled (called once
+    per parsed body, so a keep-alive connection's next request never sees
+    the previous one's); returns what forgets them when the request ends."""
     session = headers.get(SESSION_HEADER) or body.get("user")
-    _HINT.set(RouteHint(session=session if isinstance(session, str) and session else None,
-                        prefix=prompt_prefix(body)))  # fmt: skip
+    token = _HINT.set(RouteHint(session=session if isinstance(session, str) and session else None, body=body))
+    return lambda: _HINT.reset(token)
 
 
 def prompt_prefix(body: Mapping[str, Any], chars: int = PREFIX_CHARS) -> str | None:

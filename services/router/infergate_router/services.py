@@ -1,7 +1,7 @@
 """The per-process parts of the router, built once by ``create_app`` and
-reached from views through :func:`services`. Nothing here connects to
-anything until the first request needs it. The module does not import
-Flask (only :func:`services` does), so the batch workers build the same
+reached from views through :func:`services` (the request scope's, see
+:mod:`.request_scope`). Nothing here connects to anything until the first
+request needs it. The module does not import Flask, so the batch workers build the same
 parts with :meth:`RouterServices.build` and dispatch without the app."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
+from . import request_scope
 from .auth.keystore import AdminKeys, KeysFile, KeyStore
 from .auth.limiter import RateLimiter
 from .dispatch import Dispatcher
@@ -145,6 +146,5 @@ class RouterServices:
 
 
 def services() -> RouterServices:
-    from flask import current_app
-
-    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+    """The parts of the process serving the current request."""
+    return request_scope.current().services

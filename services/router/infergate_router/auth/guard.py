@@ -1,4 +1,5 @@
-"""The Flask side of authentication and limits, per request.
+"""Authentication and limits, per request (on both request paths: the
+request's :class:`~..request_scope.RequestScope` holds what they decide).
 
 1. :func:`authenticate` (before every request but the probes): the bearer
    key's record, or anonymous where keys are not required; 401 in the
@@ -17,20 +18,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flask import Response, g, request
+from flask import Response
 
 from infergate_common.api_keys import ApiKeyRecord
 from infergate_common.errors import AuthenticationFailed, InfergateError, ServiceUnavailable
 from infergate_common.internal_auth import bearer
 
 from .. import usage
-from ..services import services
+from ..request_scope import RequestScope, current
 from .limiter import Decision, RateLimiter, Scope, duration, retry_after_s
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,9 @@ class Admission:
 
 
 def authenticate() -> None:
-    keys = services().keys
-    secret = bearer(request.headers.get("Authorization"))
+    scope = current()
+    keys = scope.services.keys
+    secret = bearer(scope.header("Authorization"))
     try:
         record = keys.lookup(secret) if secret else None
     except ServiceUnavailable:
@@ -93,14 +94,13 @@ def authenticate() -> None:
         raise AuthenticationFailed(
             "Missing or invalid API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key"
         )
-    g.principal = Principal(record) if record is not None else ANONYMOUS
-    counter = usage.TokenCount()
-    g.usage = counter
-    g.usage_token = usage.current.set(counter)
+    scope.principal = Principal(record) if record is not None else ANONYMOUS
+    token = usage.current.set(scope.usage)
+    scope.on_close.append(lambda: usage.current.reset(token))
 
 
 def principal() -> Principal:
-    return g.get("principal") or ANONYMOUS
+    return current().principal or ANONYMOUS
 
 
 def allows(model: str) -> bool:
@@ -118,12 +118,12 @@ def owner() -> str:
     return principal().namespace
 
 
-def _scopes(model: str) -> list[Scope]:
+def _scopes(request: RequestScope, model: str) -> list[Scope]:
     scopes = []
-    record = principal().record
+    record = (request.principal or ANONYMOUS).record
     if record is not None and (record.rpm or record.tpm or record.max_concurrent):
         scopes.append(Scope(f"key:{record.id}", record.limits()))
-    model_limits = services().settings.model_limits.get(model)
+    model_limits = request.services.settings.model_limits.get(model)
     if model_limits is not None and model_limits.any():
         scopes.append(Scope(f"model:{model}", model_limits))
     return scopes
@@ -131,20 +131,20 @@ def _scopes(model: str) -> list[Scope]:
 
 def admit(model: str) -> None:
     """Count one request against the caller's and the model's limits."""
-    if g.get("admission") is not None:
+    request = current()
+    if request.admission is not None:
         return
-    scopes = _scopes(model)
+    scopes = _scopes(request, model)
     if not scopes:
         return
-    member = f"{g.get('request_id', '')}:{uuid.uuid4().hex[:12]}"
-    limiter = services().limiter
+    member = f"{request.request_id}:{uuid.uuid4().hex[:12]}"
+    limiter = request.services.limiter
     decision = limiter.admit(scopes, member)
-    admission = Admission(limiter, scopes, member, decision, g.get("usage") or usage.TokenCount())
+    admission = Admission(limiter, scopes, member, decision, request.usage)
+    request.admission = admission
     if decision is not None and not decision.allowed:
         admission.settled = True
-        g.admission = admission
         raise RateLimitExceeded(_refusal(scopes, decision), code="rate_limit_exceeded")
-    g.admission = admission
 
 
 def _refusal(scopes: list[Scope], decision: Decision) -> str:
@@ -166,7 +166,7 @@ def _refusal(scopes: list[Scope], decision: Decision) -> str:
 
 def stream_settler() -> Callable[[], None]:
     """For a streamed response: what to call when the stream closes."""
-    admission: Admission | None = g.get("admission")
+    admission = current().admission
     if admission is None:
         return lambda: None
     admission.handed_off = True
@@ -175,7 +175,7 @@ def stream_settler() -> Callable[[], None]:
 
 def stream_tokens() -> usage.TokenCount:
     """The counter a stream adds its tokens to."""
-    admission: Admission | None = g.get("admission")
+    admission = current().admission
     return admission.tokens if admission is not None else usage.TokenCount()
 
 
@@ -202,10 +202,10 @@ def _rate_headers(response: Response, admission: Admission) -> None:
         response.headers["retry-after-ms"] = str(max(1, decision.retry_after_ms))
 
 
-def finish(response: Response) -> Response:
+def finish(request: RequestScope, response: Response) -> Response:
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
-    admission: Admission | None = g.get("admission")
+    admission = request.admission
     if admission is not None:
         _rate_headers(response, admission)
         if not admission.handed_off and not admission.settled:
@@ -215,11 +215,9 @@ def finish(response: Response) -> Response:
     return response
 
 
-def teardown() -> None:
-    token = g.pop("usage_token", None)
-    if token is not None:
-        with contextlib.suppress(ValueError):
-            usage.current.reset(token)
-    admission: Admission | None = g.get("admission")
+def teardown(request: RequestScope) -> None:
+    """A request that ended without a response to settle on (an error
+    escaped): its admission is settled now."""
+    admission = request.admission
     if admission is not None and not admission.handed_off:
         admission.settle()

@@ -9,7 +9,6 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import g, request
 from pydantic import BaseModel, ValidationError
 
 from infergate_common.errors import InvalidRequest, ModelNotFound
@@ -17,8 +16,8 @@ from infergate_common.registry_api import ModelRecord
 
 from ..auth import guard
 from ..limits import parse_json
-from ..routing_policies import set_route_hint
-from ..services import services
+from ..request_scope import current
+from ..routing_policies import SESSION_HEADER, set_route_hint
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 T = TypeVar("T")
@@ -38,7 +37,8 @@ def parse_body(model: type[ModelT]) -> ModelT:
     """The JSON body as ``model``; 400 for malformed JSON, nesting past
     ``max_json_depth``, wrong types or values out of range (413 comes
     earlier, from the body size limit)."""
-    raw = request.get_data(cache=True)
+    scope = current()
+    raw = scope.body()
     if not raw.strip():
         raise InvalidRequest("the request body is empty; expected a JSON object")
     try:
@@ -47,7 +47,7 @@ def parse_body(model: type[ModelT]) -> ModelT:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    set_route_hint(body, request.headers)
+    scope.on_close.append(set_route_hint(body, {SESSION_HEADER: scope.header(SESSION_HEADER)}))
     return validate(model, body)
 
 
@@ -61,17 +61,17 @@ def validate(model: type[ModelT], value: Any, prefix: str = "") -> ModelT:
 def request_id() -> str:
     """The id the request's worker calls and streams go by: the public id
     (``X-Request-Id``), prefixed with the caller's key id when there is one."""
-    return guard.internal_request_id(g.request_id)
+    return guard.internal_request_id(current().request_id)
 
 
 def client_request_id() -> bool:
     """Whether the client named the request (``X-Request-Id``)."""
-    return bool(g.get("client_request_id"))
+    return current().client_request_id
 
 
 def last_event_id() -> str | None:
     """The ``Last-Event-ID`` a reconnecting SSE client sends, validated."""
-    value = request.headers.get("Last-Event-ID")
+    value = current().header("Last-Event-ID")
     if value is None:
         return None
     value = value.strip()
@@ -87,16 +87,17 @@ def resolve_model(name: str) -> ModelRecord:
     key's scopes is as unknown as one that does not exist. An inference
     request (a POST) is counted against the rate limits here, once its
     model is known."""
-    model = services().directory.resolve(request.headers.get("Host"), name)
+    scope = current()
+    model = scope.services.directory.resolve(scope.header("Host"), name)
     if not guard.allows(model.name):
         raise ModelNotFound(name)
-    if request.method == "POST":
+    if scope.method == "POST":
         guard.admit(model.name)
     return model
 
 
 def reachable_models() -> list[ModelRecord]:
-    models = services().directory.reachable(request.headers.get("Host"))
+    models = current().services.directory.reachable(current().header("Host"))
     return [model for model in models if guard.allows(model.name)]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Response, request
+from flask import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from infergate_common.errors import InfergateError, InvalidRequest
@@ -23,6 +23,7 @@ from infergate_common.worker_api import (
 from .. import limits
 from ..client_watch import client_watch
 from ..limits import logit_bias_ids
+from ..request_scope import current
 from ..services import services
 from .edge import run_all, validate
 
@@ -151,7 +152,7 @@ def generate_all(model: ModelRecord, requests: list[GenerateRequest]) -> list[Ge
     svc = services()
 
     def one(req: GenerateRequest) -> GenerateResponse:
-        response = svc.dispatcher.generate(model, req, client_watch(request.environ))
+        response = svc.dispatcher.generate(model, req, client_watch(current().environ))
         svc.metrics.tokens(model.name, response.usage.prompt_tokens, response.usage.completion_tokens)
         return response
 

@@ -85,8 +85,14 @@ class GenerationEngine(HFEngine):
         return True, ""
 
     def active_streams(self) -> list[str]:
+        # A cancelled generation is on its way out (the scheduler drops it at
+        # its next step): it no longer takes a slot from a new request.
         with self._jobs_lock:
-            return [rid for rid, job in self._jobs.items() if isinstance(job.sink, StreamSink)]
+            return [
+                rid
+                for rid, job in self._jobs.items()
+                if isinstance(job.sink, StreamSink) and not job.cancelled
+            ]
 
     def default_capacity(self) -> int:
         # The running batch and as many again waiting, twice over: deep

@@ -22,6 +22,7 @@ from infergate_common.worker_api import (
 from ... import limits
 from ...auth import guard
 from ...client_watch import client_watch
+from ...request_scope import current
 from ...services import services
 from ..edge import ENTRY_ID, parse_body, reachable_models, ready, request_id, resolve_model, run_all
 from ..streaming import replay_response, stream_response
@@ -103,7 +104,7 @@ def get_model(name: str) -> Response:
 
 def _generate(model: ModelRecord, req: GenerateRequest) -> GenerateResponse:
     svc = services()
-    response = svc.dispatcher.generate(model, req, client_watch(request.environ))
+    response = svc.dispatcher.generate(model, req, client_watch(current().environ))
     svc.metrics.tokens(model.name, response.usage.prompt_tokens, response.usage.completion_tokens)
     return response
 
@@ -165,7 +166,7 @@ def chat_completions() -> Response:
             params.n,
             include_usage,
             single=True,
-            resumed=request.headers.get("Last-Event-ID") is not None,
+            resumed=current().header("Last-Event-ID") is not None,
         )
         note = StreamNote(
             kind="chat",
@@ -184,7 +185,7 @@ def resume_stream(public_id: str) -> Response:
     """Replay an OpenAI stream from ``Last-Event-ID`` (see ``protocols.streaming``);
     only the key that opened a stream reaches it (the id is looked up under
     the caller's key, and the note names its owner)."""
-    last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    last_id = current().header("Last-Event-ID") or request.args.get("last_event_id")
     if last_id is not None and not ENTRY_ID.match(last_id.strip()):
         raise InvalidRequest("Last-Event-ID must be a stream entry id such as 1700000000000-0")
     missing = NotFound(f"no stream for request {public_id}; it ended long ago or never began")

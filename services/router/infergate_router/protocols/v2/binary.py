@@ -14,10 +14,9 @@ import sys
 from array import array
 from typing import Any
 
-from flask import request
-
 from infergate_common.errors import InvalidRequest
 
+from ...request_scope import current
 from ..edge import validate
 from .models import InferRequest
 
@@ -40,7 +39,7 @@ _TYPECODES = {
 
 
 def has_binary_data() -> bool:
-    return request.headers.get(HEADER) is not None
+    return current().header(HEADER) is not None
 
 
 def _values(name: str, datatype: str, chunk: bytes) -> list[Any]:
@@ -62,8 +61,9 @@ def _values(name: str, datatype: str, chunk: bytes) -> list[Any]:
 
 def parse_binary_request() -> InferRequest:
     """The request with each binary input's values in its ``data``."""
-    raw = request.get_data(cache=True)
-    header = request.headers.get(HEADER, "")
+    scope = current()
+    raw = scope.body()
+    header = scope.header(HEADER) or ""
     try:
         length = int(header)
     except ValueError:

@@ -1,0 +1,119 @@
+"""The router of this checkout (A) against the router of another commit (B),
+side by side: one redis-server, registry and benchmark-engine worker, two
+routers (one gunicorn process each), the same non-streaming completions
+sent to each in alternating rounds at concurrency 1 and 16, so a machine
+that speeds up or slows down during the run weighs on both alike. Prints
+router CPU per request, requests per router CPU-second and p50 latency of
+each, and the ratio A/B; writes them to ``bench/results/router-ab-<time>.json``.
+
+    python -m bench.router_ab --base <commit> [--requests 1000] [--rounds 6]
+
+B runs from a ``git worktree`` of ``--base`` (removed at the end), with
+that tree's router and common packages first on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .context import run_async
+from .loadgen import fresh_run
+from .procstat import CpuMeter, children
+from .scenarios.overhead import completion_calls
+from .stacks import ROOT, BenchStack
+
+LEVELS = (1, 16)
+
+
+def _worktree(base: str, where: Path) -> Path:
+    tree = where / "base"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), base], check=True,
+                   capture_output=True)  # fmt: skip
+    return tree
+
+
+def measure(base_tree: Path, requests: int, rounds: int, workdir: Path) -> dict[str, Any]:
+    env_b = {"PYTHONPATH": f"{base_tree}/services/router:{base_tree}/services/common"}
+    results: dict[str, Any] = {}
+    with BenchStack(workdir, log_level="WARNING").start() as stack:
+        worker = stack.null_worker("null", "--tokens", "16")
+        stack.wait_routable("null")
+        url_b = stack.stack.start_extra_router(1, env_b)
+        routers = {
+            "A": (stack.router_url, stack.router_pids()),
+            "B": (url_b, children(stack.stack.extra_routers[0].pid)),
+        }
+
+        async def run() -> None:
+            for c in LEVELS:
+                cpu = {"A": 0.0, "B": 0.0}
+                done = {"A": 0, "B": 0}
+                p50s: dict[str, list[float]] = {"A": [], "B": []}
+                for url, _ in routers.values():
+                    # Warm both (connections, caches, the model list) before counting.
+                    await fresh_run(completion_calls(worker.url, url, "null")[1], c, 200, 30, warmup=c)
+                for r in range(rounds):
+                    for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                        url, pids = routers[name]
+                        call = completion_calls(worker.url, url, "null")[1]
+                        meter = CpuMeter(pids).start()
+                        summary = (await fresh_run(call, c, requests, 120)).summary()
+                        cpu[name] += meter.stop()
+                        done[name] += summary["requests"] - summary["errors"]
+                        p50s[name].append(summary["latency_ms"]["p50"])
+                level: dict[str, Any] = {}
+                for name in ("A", "B"):
+                    level[name] = {
+                        "router_cpu_us_per_request": round(cpu[name] / done[name] * 1e6, 1),
+                        "requests_per_router_cpu_s": round(done[name] / cpu[name], 1),
+                        "p50_ms_median": round(statistics.median(p50s[name]), 3),
+                        "p50_ms_rounds": [round(x, 3) for x in p50s[name]],
+                    }
+                level["cpu_ratio_a_over_b"] = round(
+                    level["A"]["router_cpu_us_per_request"] / level["B"]["router_cpu_us_per_request"], 3
+                )
+                results[f"c={c}"] = level
+
+        run_async(run())
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the commit B runs (A is this checkout)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per router and level")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="router-ab-") as tmp:
+        tree = _worktree(args.base, Path(tmp))
+        try:
+            results = measure(tree, args.requests, args.rounds, Path(tmp) / "stack")
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    record = {"a": f"{head} (working tree)", "b": args.base, "requests": args.requests, "rounds": args.rounds,
+              "results": results}  # fmt: skip
+    out = ROOT / "bench" / "results" / f"router-ab-{time.strftime('%Y-%m-%d-%H%M')}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    for level, values in results.items():
+        for name in ("A", "B"):
+            v = values[name]
+            print(
+                f"{level} {name}: {v['router_cpu_us_per_request']} us router CPU/request, "
+                f"{v['requests_per_router_cpu_s']} requests/router CPU-s, p50 {v['p50_ms_median']} ms"
+            )
+        print(f"{level} A/B router CPU per request: {values['cpu_ratio_a_over_b']}")
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
