@@ -1,12 +1,15 @@
 """The router of this checkout (A) against the router of another commit (B),
 side by side: one redis-server, registry and benchmark-engine worker, two
-routers (one gunicorn process each), the same non-streaming completions
-sent to each in alternating rounds at concurrency 1 and 16, so a machine
-that speeds up or slows down during the run weighs on both alike. Prints
-router CPU per request, requests per router CPU-second and p50 latency of
-each, and the ratio A/B; writes them to ``bench/results/router-ab-<time>.json``.
+routers (one gunicorn process each), the same requests sent to each in
+alternating rounds, so a machine that speeds up or slows down during the
+run weighs on both alike. ``--mode plain``: non-streaming completions at
+concurrency 1 and 16; router CPU per request, requests per router
+CPU-second, p50 latency. ``--mode relay``: 100 streams of 1,000 tokens at
+once from an unpaced engine; tokens relayed per router CPU-second. Prints
+each figure and the ratio A/B; writes them to
+``bench/results/router-ab-<mode>-<time>.json``.
 
-    python -m bench.router_ab --base <commit> [--requests 1000] [--rounds 6]
+    python -m bench.router_ab --base <commit> [--mode plain|relay] [--requests 1000] [--rounds 6]
 
 B runs from a ``git worktree`` of ``--base`` (removed at the end), with
 that tree's router and common packages first on ``PYTHONPATH``.
@@ -27,9 +30,10 @@ from .context import run_async
 from .loadgen import fresh_run
 from .procstat import CpuMeter, children
 from .scenarios.overhead import completion_calls
+from .scenarios.relay import stream_calls
 from .stacks import ROOT, BenchStack
 
-LEVELS = (1, 16)
+LEVELS: tuple[int, ...] = (1, 16)
 
 
 def _worktree(base: str, where: Path) -> Path:
@@ -39,11 +43,18 @@ def _worktree(base: str, where: Path) -> Path:
     return tree
 
 
-def measure(base_tree: Path, requests: int, rounds: int, workdir: Path) -> dict[str, Any]:
+def measure(base_tree: Path, mode: str, requests: int, rounds: int, workdir: Path) -> dict[str, Any]:
     env_b = {"PYTHONPATH": f"{base_tree}/services/router:{base_tree}/services/common"}
     results: dict[str, Any] = {}
     with BenchStack(workdir, log_level="WARNING").start() as stack:
-        worker = stack.null_worker("null", "--tokens", "16")
+        if mode == "relay":
+            worker = stack.null_worker("null", "--stamp_tokens", "--step_streams", "--token_interval_ms", "0",
+                                       "--tokens", "100000")  # fmt: skip
+            levels: tuple[int, ...] = (100,)
+            count = 100
+        else:
+            worker = stack.null_worker("null", "--tokens", "16")
+            levels, count = LEVELS, requests
         stack.wait_routable("null")
         url_b = stack.stack.start_extra_router(1, env_b)
         routers = {
@@ -51,28 +62,39 @@ def measure(base_tree: Path, requests: int, rounds: int, workdir: Path) -> dict[
             "B": (url_b, children(stack.stack.extra_routers[0].pid)),
         }
 
+        def call(url: str) -> Any:
+            if mode == "relay":
+                return stream_calls(worker.url, url, "null", 1000)[1]
+            return completion_calls(worker.url, url, "null")[1]
+
         async def run() -> None:
-            for c in LEVELS:
+            for c in levels:
                 cpu = {"A": 0.0, "B": 0.0}
                 done = {"A": 0, "B": 0}
+                tokens = {"A": 0, "B": 0}
+                errors = {"A": 0, "B": 0}
                 p50s: dict[str, list[float]] = {"A": [], "B": []}
                 for url, _ in routers.values():
                     # Warm both (connections, caches, the model list) before counting.
-                    await fresh_run(completion_calls(worker.url, url, "null")[1], c, 200, 30, warmup=c)
+                    await fresh_run(call(url), c, min(count, 200), 60, warmup=min(c, 16))
                 for r in range(rounds):
                     for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
                         url, pids = routers[name]
-                        call = completion_calls(worker.url, url, "null")[1]
                         meter = CpuMeter(pids).start()
-                        summary = (await fresh_run(call, c, requests, 120)).summary()
+                        summary = (await fresh_run(call(url), c, count, 120)).summary()
                         cpu[name] += meter.stop()
                         done[name] += summary["requests"] - summary["errors"]
+                        errors[name] += summary["errors"]
+                        tokens[name] += summary.get("tokens") or 0
                         p50s[name].append(summary["latency_ms"]["p50"])
                 level: dict[str, Any] = {}
                 for name in ("A", "B"):
                     level[name] = {
-                        "router_cpu_us_per_request": round(cpu[name] / done[name] * 1e6, 1),
+                        "router_cpu_s": round(cpu[name], 2),
+                        "router_cpu_us_per_request": round(cpu[name] / max(done[name], 1) * 1e6, 1),
                         "requests_per_router_cpu_s": round(done[name] / cpu[name], 1),
+                        "tokens_per_router_cpu_s": round(tokens[name] / cpu[name], 1),
+                        "errors": errors[name],
                         "p50_ms_median": round(statistics.median(p50s[name]), 3),
                         "p50_ms_rounds": [round(x, 3) for x in p50s[name]],
                     }
@@ -88,27 +110,30 @@ def measure(base_tree: Path, requests: int, rounds: int, workdir: Path) -> dict[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the commit B runs (A is this checkout)")
-    parser.add_argument("--requests", type=int, default=1000, help="requests per round")
+    parser.add_argument("--mode", choices=("plain", "relay"), default="plain")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per round (plain)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds per router and level")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="router-ab-") as tmp:
         tree = _worktree(args.base, Path(tmp))
         try:
-            results = measure(tree, args.requests, args.rounds, Path(tmp) / "stack")
+            results = measure(tree, args.mode, args.requests, args.rounds, Path(tmp) / "stack")
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()  # fmt: skip
-    record = {"a": f"{head} (working tree)", "b": args.base, "requests": args.requests, "rounds": args.rounds,
-              "results": results}  # fmt: skip
-    out = ROOT / "bench" / "results" / f"router-ab-{time.strftime('%Y-%m-%d-%H%M')}.json"
+    record = {"a": f"{head} (working tree)", "b": args.base, "mode": args.mode, "requests": args.requests,
+              "rounds": args.rounds, "results": results}  # fmt: skip
+    out = ROOT / "bench" / "results" / f"router-ab-{args.mode}-{time.strftime('%Y-%m-%d-%H%M')}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     for level, values in results.items():
         for name in ("A", "B"):
             v = values[name]
             print(
                 f"{level} {name}: {v['router_cpu_us_per_request']} us router CPU/request, "
-                f"{v['requests_per_router_cpu_s']} requests/router CPU-s, p50 {v['p50_ms_median']} ms"
+                f"{v['requests_per_router_cpu_s']} requests/router CPU-s, "
+                f"{v['tokens_per_router_cpu_s']} tokens/router CPU-s, p50 {v['p50_ms_median']} ms, "
+                f"{v['errors']} errors"
             )
         print(f"{level} A/B router CPU per request: {values['cpu_ratio_a_over_b']}")
     print(out)

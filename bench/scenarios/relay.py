@@ -54,6 +54,13 @@ def _merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("requests", "errors", "tokens", "wall_s"):
         merged[key] = sum(r[key] for r in runs)
     merged["tokens_per_s"] = round(merged["tokens"] / merged["wall_s"], 1) if merged["wall_s"] else 0.0
+    # Errors of any wave, not only of the one in the middle.
+    kinds: dict[str, int] = {}
+    for r in runs:
+        for kind, n in (r.get("error_kinds") or {}).items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    merged["error_kinds"] = kinds
+    merged["first_error"] = next((r["first_error"] for r in runs if r.get("first_error")), "")
     merged["waves"] = len(runs)
     return merged
 
