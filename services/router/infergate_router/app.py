@@ -23,7 +23,7 @@ from .protocols.openai import routes as openai_routes
 from .protocols.v1 import routes as v1_routes
 from .protocols.v2 import routes as v2_routes
 from .request_cycle import Renderer
-from .request_scope import close_scope, current_or_none, open_scope
+from .request_scope import current_or_none, open_scope
 from .services import EXTENSION, RouterServices, services
 from .settings import RouterSettings
 
@@ -97,8 +97,7 @@ def register_request_hooks(app: Flask) -> None:
         opened = g.pop("scope", None)
         if opened is not None:
             scope, token = opened
-            guard.teardown(scope)
-            close_scope(scope, token)
+            request_cycle.end(scope, token)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -25,7 +25,7 @@ from . import request_cycle
 from .auth import guard
 from .protocols.openai import routes as openai_routes
 from .request_cycle import BodyReader, content_length
-from .request_scope import close_scope, open_scope
+from .request_scope import open_scope
 from .services import EXTENSION, RouterServices
 
 StartResponse = Callable[..., Any]
@@ -72,6 +72,5 @@ class FastPath:
                 response = request_cycle.unexpected_response(openai_routes.render_error, scope.request_id)
             request_cycle.finish(scope, response, route)
         finally:
-            guard.teardown(scope)
-            close_scope(scope, token)
+            request_cycle.end(scope, token)
         return response(environ, start_response)

@@ -1,7 +1,7 @@
 """The steps every request goes through, whichever path serves it (Flask's
 hooks in ``app.py``, or :mod:`.fast_path`): the body size check, the error
-response in the protocol's shape, and the finish (rate-limit headers,
-``X-Request-Id``, metrics, the request's log line)."""
+response in the protocol's shape, the finish (rate-limit headers,
+``X-Request-Id``, metrics, the request's log line) and the end."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from infergate_common.errors import InfergateError, PayloadTooLarge
 
 from . import public_errors
 from .auth import guard
-from .request_scope import RequestScope
+from .request_scope import RequestScope, ScopeToken, close_scope
 
 log = logging.getLogger("infergate_router")
 
@@ -109,3 +109,10 @@ def finish(scope: RequestScope, response: Response, route: str) -> Response:
             },
         )
     return response
+
+
+def end(scope: RequestScope, token: ScopeToken) -> None:
+    """After the response is built: an admission nothing settles yet is
+    settled, and the scope is closed."""
+    guard.teardown(scope)
+    close_scope(scope, token)

@@ -39,7 +39,7 @@ class RequestScope:
     services: RouterServices
     environ: dict[str, Any]
     # The body, read once and kept (each request path bounds it its own way).
-    read_body: Callable[[], bytes]
+    body: Callable[[], bytes]
     request_id: str
     # Whether the client named the request (a valid ``X-Request-Id``).
     client_request_id: bool
@@ -64,13 +64,11 @@ class RequestScope:
             key = "HTTP_" + key
         return self.environ.get(key)
 
-    def body(self) -> bytes:
-        return self.read_body()
-
 
 _current: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(
     "infergate_request_scope", default=None
 )
+ScopeToken = contextvars.Token[RequestScope | None]
 
 
 def current() -> RequestScope:
@@ -86,7 +84,7 @@ def current_or_none() -> RequestScope | None:
 
 def open_scope(
     services: RouterServices, environ: dict[str, Any], read_body: Callable[[], bytes]
-) -> tuple[RequestScope, contextvars.Token[RequestScope | None]]:
+) -> tuple[RequestScope, ScopeToken]:
     """The scope of a request that starts now: its id (the client's
     ``X-Request-Id`` when it is a safe one), its log context, and the
     process's background parts started on the first request."""
@@ -102,7 +100,7 @@ def open_scope(
     return scope, _current.set(scope)
 
 
-def close_scope(scope: RequestScope, token: contextvars.Token[RequestScope | None]) -> None:
+def close_scope(scope: RequestScope, token: ScopeToken) -> None:
     for action in reversed(scope.on_close):
         # A context variable set in another greenlet cannot be reset from this one.
         with contextlib.suppress(ValueError):
