@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,10 @@ from harness.stack import Stack, Worker
 
 STREAMS = 50
 TOKENS = 100
-TOKEN_INTERVAL_MS = 30  # a stream lasts about 3 s
+# A stream lasts about 6 s. The tests need every stream open at once, and on
+# a loaded 2-core machine the client's 50 threads took up to 2 s to all
+# begin: with 3 s streams the first had ended before the last began.
+TOKEN_INTERVAL_MS = 60
 DRAIN_S = 1.0
 
 
@@ -39,7 +43,8 @@ def expected_text(count: int) -> str:
     return "".join(f"tok{i} " for i in range(count))
 
 
-def read_stream(url: str, model: str) -> Outcome:
+def read_stream(url: str, model: str, start: threading.Barrier) -> Outcome:
+    start.wait(timeout=30)
     started = time.monotonic()
     body = {"model": model, "prompt": "go", "max_tokens": TOKENS, "stream": True}
     text, done, error = "", False, None
@@ -74,6 +79,12 @@ def check_outcomes(outcomes: list[Outcome]) -> tuple[int, int]:
     return completed, errored
 
 
+def open_streams(pool: ThreadPoolExecutor, url: str, model: str) -> list[Future[Outcome]]:
+    """STREAMS streams, begun together once every client thread is up."""
+    start = threading.Barrier(STREAMS)
+    return [pool.submit(read_stream, url, model, start) for _ in range(STREAMS)]
+
+
 def wait_held(worker: Worker, at_least: int, timeout_s: float = 15.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -89,7 +100,7 @@ def test_worker_sigterm_during_open_streams(stack: Stack, null_worker: StartWork
     leaving = null_worker("null-drain", *args)
     staying = null_worker("null-drain", *args)
     with ThreadPoolExecutor(max_workers=STREAMS) as pool:
-        futures = [pool.submit(read_stream, stack.openai_url, "null-drain") for _ in range(STREAMS)]
+        futures = open_streams(pool, stack.openai_url, "null-drain")
         wait_held(leaving, 5)
         leaving.process.signal_group(signal.SIGTERM)
         signalled = time.monotonic()
@@ -128,9 +139,7 @@ def test_router_sigterm_during_open_streams(draining_stack: Stack) -> None:
     router = draining_stack.router
     assert router is not None
     with ThreadPoolExecutor(max_workers=STREAMS) as pool:
-        futures = [
-            pool.submit(read_stream, draining_stack.openai_url, "null-router-drain") for _ in range(STREAMS)
-        ]
+        futures = open_streams(pool, draining_stack.openai_url, "null-router-drain")
         wait_held(worker, STREAMS)
         # As Kubernetes does: SIGTERM to the main process only.
         os.kill(router.pid, signal.SIGTERM)

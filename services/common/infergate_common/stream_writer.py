@@ -66,8 +66,11 @@ class WriteRetry:
     Once Redis has been failing for longer than those sleeps add up to
     (:meth:`budget_s`), a batch gets a single try: a long outage fails the
     streams it holds up instead of stalling the writer batch after batch.
-    The defaults give up within about a second when Redis refuses
-    connections, well inside the router's heartbeat deadline."""
+    That time counts from the first failure *seen*, not from when its try
+    began: one write that outlived its timeout (a machine that stalled for
+    a few seconds, not Redis) is still retried at once. The defaults give
+    up within about a second when Redis refuses connections, well inside
+    the router's heartbeat deadline."""
 
     attempts: int = 5
     first_delay_s: float = 0.05
@@ -119,7 +122,9 @@ def describe_failure(exc: BaseException) -> str:
 
     if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in str(exc):
         return "Redis is full (maxmemory reached)"
-    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
+    if isinstance(exc, (redis.exceptions.TimeoutError, TimeoutError)):
+        return f"Redis did not answer in time ({type(exc).__name__})"
+    if isinstance(exc, (redis.exceptions.ConnectionError, OSError)):
         return f"Redis unreachable ({type(exc).__name__})"
     return f"{type(exc).__name__}: {exc}"
 
@@ -271,28 +276,29 @@ class _Outbox:
         for stream in expiring:
             stream.expire_due = due
 
-    def _retry_after(self, delays: list[float], tried_at: float) -> float | None:
-        """After a try begun at ``tried_at`` failed: how long to sleep before
-        the next, or None to give up."""
+    def _retry_after(self, delays: list[float]) -> float | None:
+        """After a try failed: how long to sleep before the next, or None to
+        give up."""
+        now = time.monotonic()
         if self._failing_since is None:
-            self._failing_since = tried_at
-        if not delays or time.monotonic() - self._failing_since > self.retry.budget_s():
+            self._failing_since = now
+        if not delays or now - self._failing_since > self.retry.budget_s():
             return None
         return delays.pop(0)
 
     def _live(self, batch: list[Entry]) -> list[Entry]:
         return [(stream, event) for stream, event in batch if not stream.failed]
 
-    def _give_up(self, batch: list[Entry], exc: BaseException) -> None:
-        """The batch could not be written: its streams are failed, their
-        generations stopped, and each is owed an error entry."""
+    def _give_up(self, batch: list[Entry], exc: BaseException, tries: int) -> None:
+        """The batch could not be written in ``tries`` tries: its streams are
+        failed, their generations stopped, and each is owed an error entry."""
         self.failed_batches += 1
         reason = describe_failure(exc)
         streams = {id(stream): stream for stream, _ in batch if not stream.failed}
         log.error(
-            "writing %d stream entries failed after %d attempts (%s); stopping %d generations",
+            "writing %d stream entries failed after %d tries (%s); stopping %d generations",
             len(batch),
-            self.retry.attempts,
+            tries,
             reason,
             len(streams),
         )
@@ -412,13 +418,12 @@ class StreamOutbox(_Outbox):
                 return
             pipe = self.redis.pipeline(transaction=True)
             expiring = self._queue_batch(pipe, batch)
-            tried_at = time.monotonic()
             try:
                 pipe.execute()
             except Exception as exc:
-                delay = self._retry_after(delays, tried_at)
+                delay = self._retry_after(delays)
                 if delay is None:
-                    self._give_up(batch, exc)
+                    self._give_up(batch, exc, self.retry.attempts - len(delays))
                     return
                 log.warning(
                     "writing %d stream entries failed (%s); retrying", len(batch), describe_failure(exc)
@@ -513,13 +518,12 @@ class AsyncStreamOutbox(_Outbox):
                 return
             pipe = self.redis.pipeline(transaction=True)
             expiring = self._queue_batch(pipe, batch)
-            tried_at = time.monotonic()
             try:
                 await pipe.execute()
             except Exception as exc:
-                delay = self._retry_after(delays, tried_at)
+                delay = self._retry_after(delays)
                 if delay is None:
-                    self._give_up(batch, exc)
+                    self._give_up(batch, exc, self.retry.attempts - len(delays))
                     return
                 log.warning(
                     "writing %d stream entries failed (%s); retrying", len(batch), describe_failure(exc)

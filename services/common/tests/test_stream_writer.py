@@ -209,8 +209,8 @@ def test_async_flavour_numbers_retries_and_gives_up(redis_url: str) -> None:
 
 def test_a_paused_redis_fails_the_stream_within_the_budget(redis_url: str) -> None:
     """Writes that hang (``CLIENT PAUSE``) time out and count as failures: the
-    writer gives up about one write timeout after the first try began, not
-    one timeout per retry."""
+    writer gives up within its retry budget after the first failure, not one
+    timeout per retry."""
     admin = redis.Redis.from_url(redis_url)
     failed: list[str] = []
     outbox = StreamOutbox(
@@ -232,6 +232,35 @@ def test_a_paused_redis_fails_the_stream_within_the_budget(redis_url: str) -> No
         wait_for(lambda: outbox.owed_count() == 0, what="the owed error entry")
         written = entries(admin, key)
         assert isinstance(written[-1], ErrorEvent)
-        assert "Redis unreachable (TimeoutError)" in written[-1].message
+        assert "Redis did not answer in time (TimeoutError)" in written[-1].message
     finally:
+        outbox.close()
+
+
+def test_one_write_that_outlives_its_timeout_is_retried_and_the_stream_lives(redis_url: str) -> None:
+    """A machine that stalls for longer than the write timeout (seen on 2-core
+    CI: a vLLM worker's write timed out after 2 s) is not a Redis outage: the
+    first failure is retried at once. Here the one try outlasts the whole
+    retry budget (1 s against 0.75 s) and Redis answers again right after."""
+    admin = redis.Redis.from_url(redis_url)
+    failed: list[str] = []
+    assert WriteRetry().budget_s() < 1.0
+    outbox = StreamOutbox(
+        stream_client(redis_url, timeout_s=1.0), "sw7", on_failure=failed.append, heartbeat_interval_s=None
+    )
+    key = stream_key("sw7", "r1")
+    try:
+        stream = outbox.open("r1")
+        admin.execute_command("CLIENT", "PAUSE", "1300", "WRITE")
+        stream.delta(0, "held", 1)
+        outbox.flush()
+        wait_for(lambda: admin.exists(key) == 1, what="the delayed delta")
+        stream.done({0: "stop"}, USAGE)
+        outbox.flush()
+        wait_for(lambda: isinstance(entries(admin, key)[-1], DoneEvent), what="the done entry")
+        assert failed == []
+        assert outbox.failed_batches == 0
+        assert [e.text for e in entries(admin, key) if isinstance(e, DeltaEvent)] == ["held"]
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
         outbox.close()
