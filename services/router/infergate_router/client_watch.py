@@ -4,14 +4,16 @@ the end for nobody.
 
 Under gunicorn's gevent workers the WSGI environ carries the client socket
 (``gunicorn.sock`` under the ``gevent_pywsgi`` worker the router runs,
-``gunicorn.socket`` under ``gevent``); one greenlet per request waits for
-it to turn readable, from ``WATCH_AFTER_S`` after the first call on (a
-timer of the loop starts it): a request answered sooner (most) never runs
-it, and a client gone sooner is noticed that much later. A read of nothing
-is the client gone; data (a pipelined request) ends the watch. The
-greenlet is killed as soon as the last call it watches for returns, before
-the response is written, so the server alone reads the socket afterwards.
-Elsewhere (the Flask test client, threads) nothing is watched.
+``gunicorn.socket`` under ``gevent``). From ``WATCH_AFTER_S`` after the
+first call on (a timer of the loop), a watcher of the loop waits for the
+socket to turn readable: a request answered sooner (most) never arms it,
+and a client gone sooner is noticed that much later. No greenlet waits per
+open request (a stream may be open for minutes); one is started only to
+look at a socket that turned readable. A read of nothing is the client
+gone; data (a pipelined request) ends the watch. Everything is stopped as
+soon as the last call watched for returns, before the response is written,
+so the server alone reads the socket afterwards. Elsewhere (the Flask test
+client, threads) nothing is watched.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from gevent import monkey
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.5
+# libev's event mask for "readable".
+READ = 1
 # How long a call runs before its client is watched.
 WATCH_AFTER_S = 0.05
 _ENVIRON_KEY = "infergate.client_watcher"
@@ -44,6 +47,7 @@ class ClientWatcher:
         self._callbacks: dict[int, Callable[[], None]] = {}
         self._next = 0
         self._timer: Any = None
+        self._io: Any = None
         self._greenlet: Any = None
 
     def gone(self) -> bool:
@@ -69,7 +73,7 @@ class ClientWatcher:
             token = self._next
             self._next += 1
             self._callbacks[token] = on_gone
-            if self._timer is None and self._greenlet is None:
+            if self._timer is None and self._io is None and self._greenlet is None:
                 # A timer of the loop, not a greenlet: most requests end before it fires.
                 self._timer = gevent.get_hub().loop.timer(WATCH_AFTER_S)
                 self._timer.start(self._begin)
@@ -77,12 +81,13 @@ class ClientWatcher:
         def stop() -> None:
             with self._lock:
                 self._callbacks.pop(token, None)
-                timer = greenlet = None
+                timer = io = greenlet = None
                 if not self._callbacks:
-                    timer, greenlet = self._timer, self._greenlet
-                    self._timer = self._greenlet = None
-            if timer is not None:
-                timer.close()
+                    timer, io, greenlet = self._timer, self._io, self._greenlet
+                    self._timer = self._io = self._greenlet = None
+            for watcher in (timer, io):
+                if watcher is not None:
+                    watcher.close()
             if greenlet is not None:
                 greenlet.kill(block=True)
 
@@ -93,16 +98,37 @@ class ClientWatcher:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.close()
-            self._greenlet = gevent.spawn(self._run)
+            self._arm()
 
-    def _run(self) -> None:
-        gone = self._look(POLL_S)
-        while gone is None:
-            gone = self._look(POLL_S)
+    def _arm(self) -> None:
+        """Wait for the socket to turn readable with a watcher of the loop:
+        no greenlet (and no stack) per open request until then."""
+        try:
+            io = gevent.get_hub().loop.io(self.sock.fileno(), READ)
+        except (OSError, ValueError):
+            self._greenlet = gevent.spawn(self._check)
+            return
+        self._io = io
+        io.start(self._readable)
+
+    def _readable(self) -> None:
+        """In the loop: data or the end of the connection is there."""
+        io, self._io = self._io, None
+        if io is not None:
+            io.close()
+            self._greenlet = gevent.spawn(self._check)
+
+    def _check(self) -> None:
+        gone = self._look(0)
         with self._lock:
+            self._greenlet = None
+            if gone is None:
+                # Readable no more (another reader took it): watch again.
+                if self._callbacks:
+                    self._arm()
+                return
             callbacks = list(self._callbacks.values()) if gone else []
             self._callbacks.clear()
-            self._greenlet = None
         if callbacks:
             log.info("client disconnected: cancelling its generation")
         for callback in callbacks:
