@@ -7,6 +7,7 @@ the registry publishes a change (see :mod:`infergate_router.registry_changes`).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -116,7 +117,10 @@ class ModelDirectory:
     def resolve(self, host: str | None, name: str) -> ModelRecord:
         """The model ``name`` (or one of its aliases) as seen from ``host``."""
         found = self._find(host, name)
-        if found is None and self._refetch_after_miss():
+        if found is None:
+            self._refetch_after_miss()
+            # Again even when this miss did not refetch: the miss that held
+            # the lock meanwhile may have stored a list that has the model.
             found = self._find(host, name)
         if found is None:
             raise ModelNotFound(name)
@@ -132,20 +136,16 @@ class ModelDirectory:
                 return model
         return None
 
-    def _refetch_after_miss(self) -> bool:
+    def _refetch_after_miss(self) -> None:
         """Refetch the list after a miss, unless it (or another miss's
-        refetch) is younger than :data:`MISS_REFETCH_INTERVAL_S`; True when
-        a fresh list was stored."""
+        refetch) is younger than :data:`MISS_REFETCH_INTERVAL_S`."""
         with self._lock:
             now = time.monotonic()
             if now - max(self._fetched_at, self._miss_checked_at) < MISS_REFETCH_INTERVAL_S:
-                return False
+                return
             self._miss_checked_at = now
-            try:
+            with contextlib.suppress(ServiceUnavailable):  # the cached list stands
                 self._fetch_and_store()
-            except ServiceUnavailable:
-                return False  # the cached list stands; the name is unknown to it
-            return True
 
     def close(self) -> None:
         self.session.close()

@@ -6,8 +6,10 @@ interval."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from router_processes import Stack
@@ -38,6 +40,32 @@ def test_a_model_registered_after_the_list_was_cached_is_found(
         assert [r.url for r in record.replicas] == [url]
     finally:
         process.stop()
+
+
+def test_requests_that_miss_together_all_find_a_model_registered_late(
+    stack: Stack, directory: ModelDirectory
+) -> None:
+    """The first miss refetches; the misses that waited for its fetch look
+    again in the list it stored (they used to answer 404)."""
+    assert "late-together" not in {m.name for m in directory.models()}
+    time.sleep(model_directory.MISS_REFETCH_INTERVAL_S)
+    process, _ = stack.start_null_worker("late-together")
+    callers = 16
+    start = threading.Barrier(callers)
+
+    def resolve(_: int) -> str:
+        start.wait()
+        try:
+            return directory.resolve(None, "late-together").name
+        except ModelNotFound:
+            return "not found"
+
+    try:
+        with ThreadPoolExecutor(callers) as pool:
+            names = list(pool.map(resolve, range(callers)))
+    finally:
+        process.stop()
+    assert names == ["late-together"] * callers
 
 
 def test_unknown_names_refetch_at_most_once_per_interval(directory: ModelDirectory) -> None:
