@@ -115,7 +115,9 @@ class NullEngine(Engine):
         self._wakeup = threading.Event()
         self._stepper: threading.Thread | None = None
         outbox_class = _StampingOutbox if stamp_tokens else StreamOutbox
-        self.outbox = outbox_class(redis_client, stream_prefix, on_failure=self.cancel, ttl_s=stream_ttl_s)
+        self.outbox = outbox_class(
+            redis_client, stream_prefix, on_failure=self.cancel, ttl_s=stream_ttl_s, model=name
+        )
         self.prefix_cache = prefix_cache
         self.load_meter = LoadMeter()
         self.stats_file = stats_file

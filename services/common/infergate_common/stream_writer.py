@@ -15,7 +15,14 @@ that writes them to Redis on its own thread (:class:`StreamOutbox`) or task
   entry, retried until Redis takes it (its earlier entries are trimmed in
   the same round trip, which frees memory when Redis is full) or the
   stream's expiry has passed;
-* streams silent for half the heartbeat interval get a heartbeat.
+* an entry that cannot be encoded fails its own stream only (an ``error``
+  entry, 500), and a writer that meets any other unexpected error fails
+  the batch in hand and goes on: the writer thread or task never dies, so
+  one bad entry cannot stall every later stream of the worker;
+* streams silent for half the heartbeat interval get a heartbeat;
+* every stream failed either way is counted in
+  ``infergate_worker_stream_write_failures_total`` (by ``model`` and
+  ``reason``: ``redis`` or ``internal``).
 
 The protocol itself is :mod:`infergate_common.streams`'.
 """
@@ -32,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import worker_metrics
 from .streams import (
     DEFAULT_MAXLEN,
     DEFAULT_TTL_S,
@@ -189,6 +197,14 @@ class OpenStream:
 Entry = tuple[OpenStream, StreamEvent]
 
 
+def _internal_error(what: str) -> ErrorEvent:
+    return ErrorEvent(
+        status=500,
+        type="internal_error",
+        message=f"the token stream broke: {what}; the generation was stopped",
+    )
+
+
 class _Outbox:
     """What both flavours share: the streams, the batches' commands, the
     failures and the error entries they owe. No I/O here."""
@@ -201,8 +217,10 @@ class _Outbox:
         ttl_s: int,
         retry: WriteRetry,
         heartbeat_interval_s: float | None,
+        model: str,
     ) -> None:
         self.prefix = prefix
+        self.model = model
         self.on_failure = on_failure
         self.maxlen = maxlen
         self.ttl_s = ttl_s
@@ -263,7 +281,13 @@ class _Outbox:
         for stream, event in batch:
             if stream.failed:
                 continue
-            pipe.xadd(stream.key, self.encode(event), maxlen=self.maxlen, approximate=True)
+            try:
+                fields = self.encode(event)
+            except Exception as exc:
+                log.exception("a %s entry of stream %s could not be encoded", event.event, stream.request_id)
+                self._fail([stream], _internal_error(f"an entry could not be encoded ({type(exc).__name__})"))
+                continue
+            pipe.xadd(stream.key, fields, maxlen=self.maxlen, approximate=True)
             if is_final(event) or now >= stream.expire_due:
                 expiring[id(stream)] = stream
         for stream in expiring.values():
@@ -294,7 +318,7 @@ class _Outbox:
         failed, their generations stopped, and each is owed an error entry."""
         self.failed_batches += 1
         reason = describe_failure(exc)
-        streams = {id(stream): stream for stream, _ in batch if not stream.failed}
+        streams = self._streams_of(batch)
         log.error(
             "writing %d stream entries failed after %d tries (%s); stopping %d generations",
             len(batch),
@@ -302,12 +326,32 @@ class _Outbox:
             reason,
             len(streams),
         )
+        message = f"the token stream could not be written: {reason}; the generation was stopped"
+        self._fail(
+            streams, ErrorEvent(status=503, type="service_unavailable_error", message=message), "redis"
+        )
+
+    def _write_failed_unexpectedly(self, batch: list[Entry]) -> None:
+        """The writer met an error it has no handling for (a bug): the
+        batch's streams are failed, and the writer goes on with the next."""
+        log.exception("the stream writer failed on a batch of %d entries", len(batch))
+        self.failed_batches += 1
+        self._fail(self._streams_of(batch), _internal_error("the stream writer failed"))
+
+    @staticmethod
+    def _streams_of(batch: list[Entry]) -> list[OpenStream]:
+        return list({id(stream): stream for stream, _ in batch if not stream.failed}.values())
+
+    def _fail(self, streams: list[OpenStream], error: ErrorEvent, reason: str = "internal") -> None:
+        """Nothing more of ``streams`` is written: each is owed ``error`` and
+        its generation is stopped. ``reason`` labels the failure metric."""
+        if not streams:
+            return
+        worker_metrics.STREAM_WRITE_FAILURES.labels(model=self.model, reason=reason).inc(len(streams))
         give_up_at = time.monotonic() + self.ttl_s
-        for stream in streams.values():
+        for stream in streams:
             stream.failed = True
             self.release(stream)
-            message = f"the token stream could not be written: {reason}; the generation was stopped"
-            error = ErrorEvent(status=503, type="service_unavailable_error", message=message)
             self._owed[stream.key] = (stream, error, give_up_at)
             if self.on_failure is not None:
                 try:
@@ -353,8 +397,9 @@ class StreamOutbox(_Outbox):
         retry: WriteRetry = WriteRetry(),
         heartbeat_interval_s: float | None = HEARTBEAT_INTERVAL_S,
         name: str = "stream-outbox",
+        model: str = "",
     ) -> None:
-        super().__init__(prefix, on_failure, maxlen, ttl_s, retry, heartbeat_interval_s)
+        super().__init__(prefix, on_failure, maxlen, ttl_s, retry, heartbeat_interval_s, model)
         self.redis = redis
         self._queue: queue.SimpleQueue[list[Entry] | None] = queue.SimpleQueue()
         self._pending: list[Entry] = []
@@ -404,7 +449,11 @@ class StreamOutbox(_Outbox):
                     batches.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._write([entry for b in batches if b is not None for entry in b])
+            batch = [entry for b in batches if b is not None for entry in b]
+            try:
+                self._write(batch)
+            except Exception:
+                self._write_failed_unexpectedly(batch)
             if self._owed:
                 self._write_owed()
             if None in batches:
@@ -467,8 +516,9 @@ class AsyncStreamOutbox(_Outbox):
         ttl_s: int = DEFAULT_TTL_S,
         retry: WriteRetry = WriteRetry(),
         heartbeat_interval_s: float | None = HEARTBEAT_INTERVAL_S,
+        model: str = "",
     ) -> None:
-        super().__init__(prefix, on_failure, maxlen, ttl_s, retry, heartbeat_interval_s)
+        super().__init__(prefix, on_failure, maxlen, ttl_s, retry, heartbeat_interval_s, model)
         self.redis = redis
         self._pending: list[Entry] = []
         self._wake: asyncio.Event | None = None
@@ -504,7 +554,10 @@ class AsyncStreamOutbox(_Outbox):
             while self._pending:
                 batch = self._pending[:MAX_ENTRIES_PER_BATCH]
                 del self._pending[:MAX_ENTRIES_PER_BATCH]
-                await self._write(batch)
+                try:
+                    await self._write(batch)
+                except Exception:
+                    self._write_failed_unexpectedly(batch)
             if self._owed:
                 await self._write_owed()
             if not self._pending:

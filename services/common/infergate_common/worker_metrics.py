@@ -11,6 +11,11 @@ that registry re-exports them beside ours. Every series carries ``model``.
 - ``infergate_worker_batch_size`` (by ``phase``: encode, prefill, decode)
   and ``infergate_worker_queue_time_seconds`` (arrival to the first batch
   a request joins);
+- ``infergate_worker_stream_write_failures_total`` (by ``reason``:
+  ``redis``, the entries could not be written in the retry budget;
+  ``internal``, an entry could not be encoded or the writer failed):
+  streams ended with an ``error`` entry by the stream writer
+  (:mod:`.stream_writer`); an alert on it catches a Redis in trouble;
 - ``infergate_worker_gpu_unusable``: 1 when the pod was given a GPU that
   this process cannot use (it then runs on the CPU, see :mod:`.gpu_check`).
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,12 @@ QUEUE_TIME = Histogram(
     "From a request's arrival to the first batch it runs in.",
     ["model"],
     buckets=QUEUE_BUCKETS,
+    registry=REGISTRY,
+)
+STREAM_WRITE_FAILURES = Counter(
+    "infergate_worker_stream_write_failures",
+    "Token streams the stream writer ended with an error entry, by reason (redis, internal).",
+    ["model", "reason"],
     registry=REGISTRY,
 )
 GPU_UNUSABLE = Gauge(

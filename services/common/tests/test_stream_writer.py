@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
+from prometheus_client import REGISTRY
 
 from infergate_common.stream_writer import (
     AsyncStreamOutbox,
@@ -42,6 +43,13 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10, what: str = "
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+async def owed_written(outbox: AsyncStreamOutbox, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while outbox.owed_count():
+        assert time.monotonic() < deadline, "the owed error was never written"
+        await asyncio.sleep(0.02)
 
 
 @contextmanager
@@ -192,10 +200,7 @@ def test_async_flavour_numbers_retries_and_gives_up(redis_url: str) -> None:
                 bad.delta(0, "lost", 1)
                 await outbox.drain()
                 assert failed == ["bad"] and bad.failed
-            deadline = time.monotonic() + 10
-            while outbox.owed_count():
-                assert time.monotonic() < deadline, "the owed error was never written"
-                await asyncio.sleep(0.02)
+            await owed_written(outbox)
         finally:
             await outbox.close()
 
@@ -264,3 +269,104 @@ def test_one_write_that_outlives_its_timeout_is_retried_and_the_stream_lives(red
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
         outbox.close()
+
+
+def _failures(model: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "infergate_worker_stream_write_failures_total", {"model": model, "reason": reason}
+    )
+    return value or 0.0
+
+
+# Text no encoder can write as UTF-8 (a lone surrogate): the entry cannot be encoded.
+UNENCODABLE = "half a pair: \ud800"
+
+
+def test_an_entry_that_cannot_be_encoded_fails_its_stream_only_and_the_writer_lives(redis_url: str) -> None:
+    """The writer thread survives: the bad stream gets an error entry, the
+    others of the same batch land, and streams opened later are written."""
+    admin = redis.Redis.from_url(redis_url)
+    failed: list[str] = []
+    outbox = StreamOutbox(
+        stream_client(redis_url),
+        "sw8",
+        on_failure=failed.append,
+        heartbeat_interval_s=None,
+        model="sw8-model",
+    )
+    try:
+        bad, good = outbox.open("bad"), outbox.open("good")
+        bad.delta(0, "fine", 1)
+        good.delta(0, "fine", 1)
+        bad.delta(0, UNENCODABLE, 1)
+        good.done({0: "stop"}, USAGE)
+        bad.done({0: "stop"}, USAGE)
+        outbox.flush()
+        wait_for(lambda: failed == ["bad"], what="the bad stream's failure")
+        wait_for(lambda: outbox.owed_count() == 0, what="the owed error entry")
+        later = outbox.open("later")
+        later.delta(0, "still written", 1)
+        later.done({0: "stop"}, USAGE)
+        outbox.flush()
+        later_key = stream_key("sw8", "later")
+        wait_for(lambda: admin.exists(later_key) and admin.xlen(later_key) == 2, what="a later stream")
+    finally:
+        outbox.close()
+    written = entries(admin, stream_key("sw8", "bad"))
+    # The owed error replaces what was written of a failed stream.
+    assert len(written) == 1 and isinstance(written[0], ErrorEvent)
+    assert written[0].status == 500 and "could not be encoded" in written[0].message
+    good_entries = entries(admin, stream_key("sw8", "good"))
+    assert [type(e) for e in good_entries] == [DeltaEvent, DoneEvent]
+    assert _failures("sw8-model", "internal") == 1
+    assert _failures("sw8-model", "redis") == 0
+
+
+def test_async_flavour_survives_an_entry_that_cannot_be_encoded(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    failed: list[str] = []
+
+    async def scenario() -> None:
+        outbox = AsyncStreamOutbox(
+            async_stream_client(redis_url), "sw9", on_failure=failed.append, heartbeat_interval_s=None,
+            model="sw9-model",
+        )  # fmt: skip
+        outbox.start()
+        try:
+            bad = outbox.open("bad")
+            bad.delta(0, UNENCODABLE, 1)
+            # A dead writer task would never drain.
+            await asyncio.wait_for(outbox.drain(), 10)
+            assert failed == ["bad"] and bad.failed
+            later = outbox.open("later")
+            later.delta(0, "x", 1)
+            later.done({0: "stop"}, USAGE)
+            await asyncio.wait_for(outbox.drain(), 10)
+            await owed_written(outbox)
+        finally:
+            await outbox.close()
+
+    asyncio.run(scenario())
+    assert [type(e) for e in entries(admin, stream_key("sw9", "later"))] == [DeltaEvent, DoneEvent]
+    bad = entries(admin, stream_key("sw9", "bad"))
+    assert len(bad) == 1 and isinstance(bad[0], ErrorEvent) and bad[0].status == 500
+    assert _failures("sw9-model", "internal") == 1
+
+
+def test_giving_up_is_counted_by_model(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    failed: list[str] = []
+    outbox = StreamOutbox(
+        stream_client(redis_url), "sw10", retry=WriteRetry(attempts=2, first_delay_s=0.01),
+        on_failure=failed.append, heartbeat_interval_s=None, model="sw10-model",
+    )  # fmt: skip
+    try:
+        streams = [outbox.open(f"r{i}") for i in range(3)]
+        with redis_full(admin):
+            for stream in streams:
+                stream.delta(0, "lost", 1)
+            outbox.flush()
+            wait_for(lambda: len(failed) == 3, what="the give-up")
+    finally:
+        outbox.close()
+    assert _failures("sw10-model", "redis") == 3

@@ -190,6 +190,7 @@ class VllmEngine(Engine):
             async_stream_client(self.settings.redis_url),
             self.settings.stream_prefix,
             on_failure=self._stream_failed,
+            model=self.settings.model_name,
         )
         self.outbox.start()
 

@@ -61,6 +61,7 @@ class GenerationEngine(HFEngine):
             stream_client(self.settings.redis_url),
             self.settings.stream_prefix,
             on_failure=self._stream_failed,
+            model=self.settings.model_name,
         )
         self.scheduler = Scheduler(
             runner_for(loaded),
