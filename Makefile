@@ -6,8 +6,14 @@ export MODEL_ID MODEL_NAME TASK BACKEND PORT FULL REGISTRY TAG PUSH ONLY DRY_RUN
 run: ## Install what is missing and serve models locally (MODEL_ID=, MODEL_NAME=, TASK=, BACKEND=, PORT=, API_KEYS=1)
 	@bash ci/run.sh
 
-test: ## Install what is missing, then lint and run every test
+test: ## Install what is missing, then lint and run the tests (all but the slow checks)
 	@bash ci/test.sh
+
+test-slow: ## The slow checks: vLLM on the CPU, whole local stacks, the soak
+	@bash ci/test.sh slow
+
+test-all: ## make test, then make test-slow
+	@bash ci/test.sh all
 
 lint: ## ruff and mypy over services/, tests/ and bench/
 	@bash ci/lint.sh
@@ -28,6 +34,6 @@ models: ## Build the small offline test models into var/models
 	@bash ci/models.sh
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
-.PHONY: run test lint chart bench images locks models help
+.PHONY: run test test-slow test-all lint chart bench images locks models help

@@ -1,5 +1,5 @@
 """Soak (the platform's fault test 7): ``INFERGATE_SOAK_STREAMS`` (500)
-streams open at once, for ``INFERGATE_SOAK_S`` seconds (60 in ``make test``;
+streams open at once, for ``INFERGATE_SOAK_S`` seconds (60 in ``make test-slow``;
 run it by hand for longer, e.g. ``INFERGATE_SOAK_S=600 .venv/bin/python -m
 pytest -s tests/test_soak.py``), through the real
 router under gunicorn+gevent, from benchmark-engine workers that tag every
