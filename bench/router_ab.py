@@ -5,11 +5,13 @@ alternating rounds, so a machine that speeds up or slows down during the
 run weighs on both alike. ``--mode plain``: non-streaming completions at
 concurrency 1 and 16; router CPU per request, requests per router
 CPU-second, p50 latency. ``--mode relay``: 100 streams of 1,000 tokens at
-once from an unpaced engine; tokens relayed per router CPU-second. Prints
+once from an unpaced engine; tokens relayed per router CPU-second.
+``--mode kserve``: KServe v1 ``:predict`` calls (one sentence each) to a
+benchmark-engine encoder at concurrency 1 and 16, figures as ``plain``. Prints
 each figure and the ratio A/B; writes them to
 ``bench/results/router-ab-<mode>-<time>.json``.
 
-    python -m bench.router_ab --base <commit> [--mode plain|relay] [--requests 1000] [--rounds 6]
+    python -m bench.router_ab --base <commit> [--mode plain|relay|kserve] [--requests 1000] [--rounds 6]
 
 B runs from a ``git worktree`` of ``--base`` (removed at the end), with
 that tree's router and common packages first on ``PYTHONPATH``.
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .client import Call
 from .context import run_async
 from .loadgen import fresh_run
 from .procstat import CpuMeter, children
@@ -52,6 +55,9 @@ def measure(base_tree: Path, mode: str, requests: int, rounds: int, workdir: Pat
                                        "--tokens", "100000")  # fmt: skip
             levels: tuple[int, ...] = (100,)
             count = 100
+        elif mode == "kserve":
+            worker = stack.null_worker("null", "--task", "text_embedding")
+            levels, count = LEVELS, requests
         else:
             worker = stack.null_worker("null", "--tokens", "16")
             levels, count = LEVELS, requests
@@ -65,6 +71,10 @@ def measure(base_tree: Path, mode: str, requests: int, rounds: int, workdir: Pat
         def call(url: str) -> Any:
             if mode == "relay":
                 return stream_calls(worker.url, url, "null", 1000)[1]
+            if mode == "kserve":
+                return Call(
+                    "router v1 predict", f"{url}/v1/models/null:predict", lambda i: {"instances": [f"s {i}"]}
+                )
             return completion_calls(worker.url, url, "null")[1]
 
         async def run() -> None:
@@ -110,8 +120,8 @@ def measure(base_tree: Path, mode: str, requests: int, rounds: int, workdir: Pat
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the commit B runs (A is this checkout)")
-    parser.add_argument("--mode", choices=("plain", "relay"), default="plain")
-    parser.add_argument("--requests", type=int, default=1000, help="requests per round (plain)")
+    parser.add_argument("--mode", choices=("plain", "relay", "kserve"), default="plain")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per round (plain, kserve)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds per router and level")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="router-ab-") as tmp:

@@ -1,20 +1,27 @@
-"""The WSGI application gunicorn serves: the hot OpenAI POST routes
-(``/openai/v1/completions``, ``/chat/completions``, ``/embeddings``) go
-straight to their views, every other request to the Flask app.
+"""The WSGI application gunicorn serves: the hot POST routes go straight to
+their views, every other request to the Flask app. The hot routes are the
+OpenAI ones (``/openai/v1/completions``, ``/chat/completions``,
+``/embeddings``) and KServe's predict calls (v1 ``/v1/models/<name>:predict``,
+v2 ``/v2/models/<name>[/versions/<version>]/infer``).
 
 Flask's request context, URL matching and hooks cost about as much CPU as
 everything else the router does for a request. The views are the Flask
 app's own, and each step Flask's hooks run is run here too, from the same
 functions (:mod:`.request_cycle`, :mod:`.request_scope`, the guard): the
 request's scope, the body size limit, the API key, the rate limits, errors
-in OpenAI's shape with ``Retry-After``, ``X-Request-Id``, metrics and the
-log line. So a request answers the same on either path
+in the protocol's shape with ``Retry-After``, ``X-Request-Id``, metrics and
+the log line. So a request answers the same on either path
 (``services/router/tests/test_fast_path.py`` holds them side by side).
+A path with a parameter is matched as Flask's rule matches it (a parameter
+is one or more characters other than ``/``, decoded as UTF-8); anything
+unusual, a doubled slash or a trailing one, is Flask's to answer.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response
@@ -24,19 +31,79 @@ from infergate_common.errors import InfergateError
 from . import request_cycle
 from .auth import guard
 from .protocols.openai import routes as openai_routes
-from .request_cycle import BodyReader, content_length
+from .protocols.v1 import routes as v1_routes
+from .protocols.v2 import routes as v2_routes
+from .request_cycle import BodyReader, Renderer, content_length
 from .request_scope import open_scope
 from .services import EXTENSION, RouterServices
 
 StartResponse = Callable[..., Any]
-View = Callable[[], Response]
 
-# Path → (view, the route's name in metrics: Flask's rule for the same path).
-HOT_ROUTES: dict[str, tuple[View, str]] = {
-    "/openai/v1/completions": (openai_routes.completions, "/openai/v1/completions"),
-    "/openai/v1/chat/completions": (openai_routes.chat_completions, "/openai/v1/chat/completions"),
-    "/openai/v1/embeddings": (openai_routes.create_embeddings, "/openai/v1/embeddings"),
+
+@dataclass(frozen=True)
+class HotRoute:
+    """A Flask route served here: its view, its rule (the route's name in
+    metrics, as Flask names it) and the renderer of its errors."""
+
+    view: Callable[..., Response]
+    rule: str
+    render: Renderer
+
+
+def _openai(view: Callable[..., Response], rule: str) -> HotRoute:
+    return HotRoute(view, rule, openai_routes.render_error)
+
+
+# Paths without parameters: looked up whole.
+EXACT_ROUTES: dict[str, HotRoute] = {
+    route.rule: route
+    for route in (
+        _openai(openai_routes.completions, "/openai/v1/completions"),
+        _openai(openai_routes.chat_completions, "/openai/v1/chat/completions"),
+        _openai(openai_routes.create_embeddings, "/openai/v1/embeddings"),
+    )
 }
+
+# Paths with parameters, by the prefix they share: the pattern a rule's
+# parameters match in Flask (its ``string`` converter, ``[^/]+``).
+PATTERN_ROUTES: dict[str, tuple[tuple[re.Pattern[str], HotRoute], ...]] = {
+    "/v1/models/": (
+        (
+            re.compile(r"/v1/models/(?P<name>[^/]+):predict"),
+            HotRoute(v1_routes.predict, "/v1/models/<name>:predict", v1_routes.render_error),
+        ),
+    ),
+    "/v2/models/": (
+        (
+            re.compile(r"/v2/models/(?P<name>[^/]+)/infer"),
+            HotRoute(v2_routes.infer, "/v2/models/<name>/infer", v2_routes.render_error),
+        ),
+        (
+            re.compile(r"/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/infer"),
+            HotRoute(v2_routes.infer, "/v2/models/<name>/versions/<version>/infer", v2_routes.render_error),
+        ),
+    ),
+}
+PREFIX_LENGTH = len("/v1/models/")
+assert all(len(prefix) == PREFIX_LENGTH for prefix in PATTERN_ROUTES)
+
+
+def hot_route(path: str) -> tuple[HotRoute, dict[str, str]] | None:
+    """The hot route a POST to ``path`` is for, with its parameters."""
+    exact = EXACT_ROUTES.get(path)
+    if exact is not None:
+        return exact, {}
+    for pattern, route in PATTERN_ROUTES.get(path[:PREFIX_LENGTH], ()):
+        match = pattern.fullmatch(path)
+        if match is not None:
+            return route, {key: _decoded(value) for key, value in match.groupdict().items()}
+    return None
+
+
+def _decoded(value: str) -> str:
+    """A path parameter as Flask gives it: WSGI carries the path's bytes as
+    latin-1, the URL's characters are UTF-8 (as ``werkzeug`` decodes them)."""
+    return value if value.isascii() else value.encode("latin-1").decode("utf-8", "replace")
 
 
 class FastPath:
@@ -52,25 +119,25 @@ class FastPath:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "POST":
-            hot = HOT_ROUTES.get(environ.get("PATH_INFO", ""))
+            hot = hot_route(environ.get("PATH_INFO", ""))
             if hot is not None:
                 return self.serve(hot[0], hot[1], environ, start_response)
         return self.flask(environ, start_response)
 
     def serve(
-        self, view: View, route: str, environ: dict[str, Any], start_response: StartResponse
+        self, route: HotRoute, args: dict[str, str], environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
         scope, token = open_scope(self.services, environ, BodyReader(environ, self.limit))
         try:
             try:
                 request_cycle.check_body_size(content_length(environ), self.limit)
                 guard.authenticate()
-                response = view()
+                response = route.view(**args)
             except InfergateError as error:
-                response = request_cycle.error_response(openai_routes.render_error, error, scope.request_id)
+                response = request_cycle.error_response(route.render, error, scope.request_id)
             except Exception:
-                response = request_cycle.unexpected_response(openai_routes.render_error, scope.request_id)
-            request_cycle.finish(scope, response, route)
+                response = request_cycle.unexpected_response(route.render, scope.request_id)
+            request_cycle.finish(scope, response, route.rule)
         finally:
             request_cycle.end(scope, token)
         return response(environ, start_response)

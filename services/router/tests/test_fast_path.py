@@ -1,6 +1,6 @@
 """The fast path (``fast_path.FastPath``, what gunicorn serves) against the
-Flask app it stands in front of: the same requests to the hot OpenAI
-routes, through each, answer the same (status, body, the headers that
+Flask app it stands in front of: the same requests to the hot routes
+(OpenAI's, KServe v1 predict and v2 infer), through each, answer the same (status, body, the headers that
 matter). The fast-path client's Flask app is replaced by one that fails,
 so every answer below really came from the fast path."""
 
@@ -20,7 +20,7 @@ from router_processes import Stack
 from werkzeug.test import Client, EnvironBuilder, TestResponse, run_wsgi_app
 
 from infergate_router.app import create_app
-from infergate_router.fast_path import HOT_ROUTES, FastPath
+from infergate_router.fast_path import EXACT_ROUTES, PATTERN_ROUTES, FastPath, hot_route
 from infergate_router.services import EXTENSION
 
 KEY = "sk-fast-path-test"
@@ -61,7 +61,7 @@ def _normalized(response: TestResponse) -> Any:
 def _strip(value: Any) -> Any:
     """Without what differs between two answers to one request (ids, times)."""
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in ("id", "created")}
+        return {k: _strip(v) for k, v in value.items() if k not in ("id", "created", "request_id")}
     if isinstance(value, list):
         return [_strip(v) for v in value]
     return value
@@ -83,10 +83,53 @@ def _both(clients: tuple[Client, Client], path: str, **kwargs: Any) -> TestRespo
 
 def test_the_hot_routes_are_flask_routes_too(app: Flask) -> None:
     rules = {rule.rule: rule for rule in app.url_map.iter_rules()}
-    for path, (view, route) in HOT_ROUTES.items():
-        assert route == path and path in rules
-        assert "POST" in (rules[path].methods or set())
-        assert app.view_functions[rules[path].endpoint] is view
+    routes = [*EXACT_ROUTES.values(), *(route for group in PATTERN_ROUTES.values() for _, route in group)]
+    assert len(routes) == 6
+    for route in routes:
+        assert route.rule in rules, route.rule
+        assert "POST" in (rules[route.rule].methods or set())
+        assert app.view_functions[rules[route.rule].endpoint] is route.view
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/openai/v1/completions",
+        "/v1/models/embed:predict",
+        "/v1/models/a:b:predict",
+        "/v1/models/a.b-c_d:predict",
+        "/v2/models/embed/infer",
+        "/v2/models/embed/versions/3/infer",
+        "/v2/models/é/infer",
+        # Not hot: Flask's to answer (or refuse).
+        "/v1/models/:predict",
+        "/v1/models/a/b:predict",
+        "/v1/models/embed:predict/",
+        "/v2/models/embed/infer/",
+        "/v2//models/embed/infer",
+        "/v2/models/embed/versions//infer",
+        "/v2/models/embed/ready",
+        "/openai/v1/completions/",
+    ],
+)
+def test_a_hot_path_is_matched_as_flask_matches_it(app: Flask, path: str) -> None:
+    """The same view with the same parameters, or not hot at all when
+    Flask would not take the path as is (a redirect, a 404, another rule)."""
+    adapter = app.url_map.bind("localhost", path_info=path, url_scheme="http")
+    try:
+        endpoint, args = adapter.match(method="POST")
+        flask_match: tuple[Any, dict[str, Any]] | None = (app.view_functions[endpoint], args)
+    except Exception:
+        flask_match = None
+    hot = hot_route(path.encode().decode("latin-1"))  # the path as WSGI carries it
+    if hot is None:
+        hot_views = {route.view for group in PATTERN_ROUTES.values() for _, route in group}
+        hot_views |= {route.view for route in EXACT_ROUTES.values()}
+        assert flask_match is None or flask_match[0] not in hot_views, path
+    else:
+        route, args = hot
+        assert flask_match is not None, path
+        assert (route.view, args) == flask_match, path
 
 
 @pytest.mark.parametrize(
@@ -110,6 +153,75 @@ def test_streams_are_the_same(clients: tuple[Client, Client]) -> None:
     events = _normalized(answer)
     assert events[-1] == "[DONE]" and len(events) > 2
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
+
+
+def _v2(datatype: str, data: list[Any], **extra: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": "t", "shape": [len(data)], "datatype": datatype, "data": data}], **extra}
+
+
+V2_BINARY_TEXT = (
+    b'{"inputs":[{"name":"t","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":4}}]}'
+)
+NO_TOKENS = {"max_tokens": 4}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/models/embed:predict", {"instances": ["one", "two"]}),
+        ("/v1/models/null:predict", {"instances": ["hello"], "parameters": NO_TOKENS}),
+        ("/v1/models/null:predict", {"instances": ["hello"], "parameters": {**NO_TOKENS, "stream": True}}),
+        ("/v2/models/embed/infer", _v2("BYTES", ["a", "b"])),
+        ("/v2/models/null/versions/1/infer", _v2("BYTES", ["hi"], parameters=NO_TOKENS)),
+    ],
+)
+def test_kserve_answers_are_the_same(clients: tuple[Client, Client], path: str, body: dict[str, Any]) -> None:
+    answer = _both(clients, path, json=body, headers=AUTH)
+    assert answer.status_code == 200, answer.get_data()
+    if answer.mimetype == "text/event-stream":
+        events = _normalized(answer)
+        assert events[-1] == "[DONE]" and "usage" in events[-2]
+    else:
+        assert answer.json.get("predictions") or answer.json.get("outputs")  # type: ignore[union-attr]
+
+
+def _json(body: Any) -> dict[str, Any]:
+    return {"json": body, "headers": AUTH}
+
+
+KSERVE_ERRORS = [
+    ("no key", "/v1/models/embed:predict", {"json": {"instances": ["x"]}}, 401),
+    ("not JSON", "/v1/models/embed:predict", {"data": b"[", "headers": AUTH}, 400),
+    ("no instances", "/v1/models/embed:predict", _json({"rows": 1}), 400),
+    ("unknown model", "/v1/models/nope:predict", _json({"instances": ["x"]}), 404),
+    ("unknown model, UTF-8 name", "/v1/models/n%C3%A9:predict", _json({"instances": ["x"]}), 404),
+    ("colon in the name", "/v1/models/a:b:predict", _json({"instances": ["x"]}), 404),
+    ("declared too large", "/v1/models/embed:predict", {"data": b"x" * (MAX_BODY + 1), "headers": AUTH}, 413),
+    ("v2 wrong datatype", "/v2/models/embed/infer", _json(_v2("FP32", [1.0])), 400),
+    (
+        "v2 binary text",
+        "/v2/models/embed/infer",
+        {
+            "data": V2_BINARY_TEXT + b"abcd",
+            "headers": {**AUTH, "Inference-Header-Content-Length": str(len(V2_BINARY_TEXT))},
+        },
+        400,
+    ),
+    ("v2 unknown model", "/v2/models/nope/versions/2/infer", _json(_v2("BYTES", ["a"])), 404),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "kwargs", "status"), KSERVE_ERRORS, ids=[error[0] for error in KSERVE_ERRORS]
+)
+def test_kserve_errors_are_the_same(
+    clients: tuple[Client, Client], name: str, path: str, kwargs: dict[str, Any], status: int
+) -> None:
+    answer = _both(clients, path, **kwargs)
+    assert answer.status_code == status, (name, answer.get_data())
+    assert answer.json["error"]  # type: ignore[index]  # KServe's shape: {"error": "..."}
+    if name.startswith("unknown model, UTF-8"):
+        assert "né" in answer.json["error"]  # type: ignore[index]
 
 
 def test_the_client_request_id_is_kept(clients: tuple[Client, Client]) -> None:
@@ -197,3 +309,5 @@ def test_other_requests_reach_flask(app: Flask) -> None:
     assert client.get("/").json == {"status": "alive"}
     # A GET to a hot path is Flask's to refuse.
     assert client.get("/openai/v1/completions", headers=AUTH).status_code == 405
+    assert client.get("/v2/models/embed/infer", headers=AUTH).status_code == 405
+    assert client.get("/v2/models/embed/ready", headers=AUTH).status_code == 200
