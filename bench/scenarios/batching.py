@@ -15,7 +15,12 @@ reference; the router and the load generator share them).
 In the same run, two references for the encoder: the bare forward-pass
 ceiling (batches of 32 on the same thread count, no server:
 ``bench/forward_ceiling.py`` in its own process) and one client straight to
-the worker's ``/encode`` (what the router adds to one client)."""
+the worker's ``/encode`` (what the router adds to one client). The one
+client through the router and the one straight to the worker run in short
+alternating rounds, each side's latencies pooled over its rounds: the
+forward pass (about 20 ms) varies by more than the router adds from one
+run to the next, and a machine that speeds up or slows down during the
+rounds weighs on both sides alike."""
 
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from ..context import Context, ScenarioResult, at_least, below, diff, ms, run_as
 from ..loadgen import fresh_run
 from ..models import ensure_test_models, worker_hf
 from ..profiling import py_spy_record
+from ..records import RunResult
 from ..stacks import BenchStack
 
 NAME = "batching"
@@ -65,6 +71,12 @@ def _row(case: str, summary: dict[str, Any], unit: str, value_key: str) -> dict[
     }
 
 
+def pooled(label: str, runs: list[RunResult]) -> RunResult:
+    """Several runs of one call as one (their records and wall time)."""
+    records = [record for run in runs for record in run.records]
+    return RunResult(label, runs[0].concurrency, sum(run.wall_s for run in runs), records)
+
+
 def forward_ceiling(model_dir: Any, threads: int, seconds: float) -> dict[str, Any]:
     """The bare forward pass at batch 32 in a process of its own."""
     out = subprocess.run(
@@ -89,6 +101,7 @@ def run(ctx: Context) -> ScenarioResult:
     duration = ctx.pick(12.0, 40.0)
     gen_tokens = ctx.pick(32, 64)
     gen_waves = ctx.pick(2, 5)
+    one_client_rounds_n = ctx.pick(8, 16)
     with BenchStack(ctx.scenario_dir(NAME), log_level=ctx.log_level).start() as stack:
         if not stack.has_router:
             result.skipped = f"router did not start: {stack.router_error}"
@@ -103,7 +116,12 @@ def run(ctx: Context) -> ScenarioResult:
                 stack.wait_routable(name)
                 out = []
                 for call, c, count in calls(name):
+                    if c == 1:
+                        continue  # one client: in alternating rounds below
                     out.append(run_async(fresh_run(call, c, count, duration, warmup=c)).summary())
+                one = [(call, count) for call, c, count in calls(name) if c == 1]
+                if one:
+                    out += one_client_rounds(one)
                 if ctx.profile:
                     call, c, count = calls(name)[0]
                     with py_spy_record(worker.process.pid, ctx.profile_path(NAME, name)) as info:
@@ -112,6 +130,19 @@ def run(ctx: Context) -> ScenarioResult:
                 return out
             finally:
                 stack.stop_worker(worker)
+
+        def one_client_rounds(calls: list[tuple[Call, int]]) -> list[dict[str, Any]]:
+            """``calls`` one client at a time, in alternating rounds; one
+            summary per call over all its rounds."""
+            rounds: list[list[RunResult]] = [[] for _ in calls]
+            for call, count in calls:  # warm each (connections, caches)
+                run_async(fresh_run(call, 1, count, 1.0))
+            for r in range(one_client_rounds_n):
+                order = range(len(calls)) if r % 2 == 0 else reversed(range(len(calls)))
+                for i in order:
+                    call, count = calls[i]
+                    rounds[i].append(run_async(fresh_run(call, 1, count, duration / one_client_rounds_n * 2)))
+            return [pooled(call.kind, runs).summary() for (call, _), runs in zip(calls, rounds, strict=True)]
 
         def encode_calls(name: str, levels: tuple[int, ...]) -> list[tuple[Call, int, int]]:
             call = Call(
