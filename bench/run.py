@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or mode
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
     args.results.mkdir(parents=True, exist_ok=True)
+    if any(args.results.glob(f"{name}-{stamp}*")):
+        # Two runs started in one minute: the second never writes over the first.
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     info = machine()
     workdir = Path(tempfile.mkdtemp(prefix="infergate-bench-"))
     ctx = Context(
