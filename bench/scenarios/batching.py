@@ -114,16 +114,17 @@ def run(ctx: Context) -> ScenarioResult:
             worker = stack.start_worker(name, worker_hf(name, models / model, *flags, *threads))
             try:
                 stack.wait_routable(name)
-                out = []
-                for call, c, count in calls(name):
-                    if c == 1:
-                        continue  # one client: in alternating rounds below
-                    out.append(run_async(fresh_run(call, c, count, duration, warmup=c)).summary())
-                one = [(call, count) for call, c, count in calls(name) if c == 1]
-                if one:
+                planned = calls(name)
+                out = [
+                    run_async(fresh_run(call, c, count, duration, warmup=c)).summary()
+                    for call, c, count in planned
+                    if c > 1
+                ]
+                one = [(call, count) for call, c, count in planned if c == 1]
+                if one:  # one client: in alternating rounds
                     out += one_client_rounds(one)
                 if ctx.profile:
-                    call, c, count = calls(name)[0]
+                    call, c, count = planned[0]
                     with py_spy_record(worker.process.pid, ctx.profile_path(NAME, name)) as info:
                         run_async(fresh_run(call, c, count, duration / 2))
                     result.profiles[name] = info
