@@ -15,6 +15,8 @@ import pytest
 import redis
 from harness.redis_server import RedisServer
 
+from infergate_batch import queue
+from infergate_batch.lost_tasks import START, BrokerView, LostTasks, chunk_task
 from infergate_batch.objects import BatchObject, BatchRecord, BatchStatus, FileObject, FileRecord
 from infergate_batch.settings import BatchSettings
 from infergate_batch.slots import ModelSlots
@@ -27,12 +29,17 @@ from infergate_router.replica_choice import InFlight
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    running = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: RedisServer) -> Iterator[redis.Redis]:
     connection = server.client()
     yield connection
     connection.close()
-    server.stop()
 
 
 @pytest.fixture
@@ -232,6 +239,93 @@ def test_a_held_slot_outlives_its_lease(client: redis.Redis) -> None:
     slots.release(one, "long-line")
     assert slots.try_acquire(one, "other")
     slots.release(one, "other")
+
+
+# ------------------------------------------------------------ lost tasks
+
+
+def chunk_args(index: int) -> dict[str, int]:
+    return {"index": index, "first_line": 1 + 10 * index, "count": 10, "start": 0, "end": 1}
+
+
+def test_the_broker_view_sees_queued_and_unacknowledged_tasks(server: RedisServer) -> None:
+    settings = BatchSettings(redis_url=server.url, stream_prefix="t-view", batch_visibility_timeout_s=3)
+    app = queue.make_celery(settings)
+    queue.send(app, queue.START, "b-new")
+    for index in range(3):
+        queue.send(app, queue.RUN_CHUNK, "b-run", chunk_args(index))
+    queue.send(app, queue.FINALIZE, "b-run")
+    view = BrokerView.of(settings, server.client())
+    assert view is not None
+    assert view.held() == {"b-new": {START}, "b-run": {chunk_task(0), chunk_task(1), chunk_task(2)}}
+    # A worker takes the oldest task and holds it unacknowledged, as Celery's
+    # consumer does with acks_late: it moves from the queue to ``unacked``.
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        # A worker killed holding the lock of the restore look blocks restores this long.
+        assert channel.unacked_mutex_expire == 5
+        taken = channel.basic_get(queue.QUEUE, no_ack=False)
+        assert taken is not None and taken.headers["task"] == queue.START
+        assert server.client().hlen(view.unacked_key) == 1
+        assert view.held() == {"b-new": {START}, "b-run": {chunk_task(0), chunk_task(1), chunk_task(2)}}
+        taken.ack()
+    assert view.held() == {"b-run": {chunk_task(0), chunk_task(1), chunk_task(2)}}
+    # Other brokers are not watched: they keep a task until it is acknowledged.
+    other = settings.model_copy(update={"batch_broker_url": "amqp://guest@rabbit//"})
+    assert BrokerView.of(other, server.client()) is None
+
+
+def running_batch(batch_id: str, chunks: int) -> BatchRecord:
+    record = batch(batch_id)
+    record.batch.status = BatchStatus.IN_PROGRESS
+    record.chunks, record.enqueued = chunks, True
+    return record
+
+
+def test_a_task_missing_from_the_broker_twice_is_lost(server: RedisServer) -> None:
+    settings = BatchSettings(redis_url=server.url, stream_prefix="t-lost")
+    app = queue.make_celery(settings)
+    # Chunks 0 and 1 are done, 2 waits in the queue, 3 is gone.
+    queue.send(app, queue.RUN_CHUNK, "b", chunk_args(2))
+    view = BrokerView.of(settings, server.client())
+    record = running_batch("b", chunks=4)
+    done = {"0", "1"}
+    lost = LostTasks(server.client(), "t-lost:watch", view, after_s=10)
+    assert lost.check(record, done, lines=20, now=100.0) == set(), "first sight"
+    assert lost.check(record, done, lines=20, now=105.0) == set(), "still moving within after_s"
+    # Progress restarts the clock.
+    assert lost.check(record, done, lines=21, now=109.0) == set()
+    assert lost.check(record, done, lines=21, now=118.0) == set()
+    # Stalled for after_s: the first look finds chunk 3 missing, the next confirms it.
+    assert lost.check(record, done, lines=21, now=119.5) == set()
+    lost = LostTasks(lost.client, lost.key, view, lost.after_s)  # the next sweep, maybe in another worker
+    assert lost.check(record, done, lines=21, now=120.0) == {chunk_task(3)}
+    # Sent again: the clock starts over, and nothing is sent twice at once.
+    assert lost.check(record, done, lines=21, now=121.0) == set()
+    lost.forget([])
+    assert lost.client.hlen(lost.key) == 0
+
+
+def test_a_task_seen_again_at_the_second_look_is_not_lost(server: RedisServer) -> None:
+    settings = BatchSettings(redis_url=server.url, stream_prefix="t-back")
+    app = queue.make_celery(settings)
+    view = BrokerView.of(settings, server.client())
+    record = running_batch("b", chunks=1)
+    lost = LostTasks(server.client(), "t-back:watch", view, after_s=1)
+    assert lost.check(record, set(), lines=0, now=0.0) == set()
+    assert lost.check(record, set(), lines=0, now=2.0) == set(), "first look: missing"
+    # Restored by the transport (a dead worker's task after the visibility timeout).
+    queue.send(app, queue.RUN_CHUNK, "b", chunk_args(0))
+    lost = LostTasks(lost.client, lost.key, view, lost.after_s)
+    assert lost.check(record, set(), lines=0, now=2.5) == set()
+    # A batch not yet cut into chunks needs its start task.
+    fresh = batch("c")
+    assert lost.check(fresh, set(), lines=0, now=0.0) == set()
+    assert lost.check(fresh, set(), lines=0, now=2.0) == set()
+    lost = LostTasks(lost.client, lost.key, view, lost.after_s)
+    assert lost.check(fresh, set(), lines=0, now=3.0) == {START}
+    lost.forget(["b"])
+    assert lost.client.hkeys(lost.key) == ["b"]
 
 
 def test_the_batch_worker_never_imports_flask() -> None:

@@ -137,6 +137,7 @@ class BatchRecord(BaseModel):
     owner: str | None = None
     # Set once the input is read: how the lines are cut into Celery tasks.
     chunks: int = 0
+    chunk_lines: int = 0
     # Every chunk has been sent to the queue (a restarted start sends the rest).
     enqueued: bool = False
     # The window ended before the lines did: finalize as expired.

@@ -7,6 +7,8 @@
   back to the queue at once rather than dropping it.
 * ``worker_prefetch_multiplier = 1``: a worker holds one chunk per pool
   process, so others pick up the rest.
+* A task lost between the queue and ``unacked`` (the transport's one gap)
+  is found and sent again by :mod:`infergate_batch.lost_tasks`.
 
 Redelivery means a line can run twice; :class:`infergate_batch.store.BatchStore`
 writes its result once. The router only sends tasks (by name): it does
@@ -23,6 +25,13 @@ QUEUE = "infergate-batch"
 START = "infergate_batch.start"
 RUN_CHUNK = "infergate_batch.run_chunk"
 FINALIZE = "infergate_batch.finalize"
+# Kombu's hash of the tasks workers hold unacknowledged (its default name).
+UNACKED = "unacked"
+
+
+def key_prefix(settings: BatchSettings) -> str:
+    """What the broker's keys start with (kombu's ``global_keyprefix``)."""
+    return f"{settings.stream_prefix}:celery:"
 
 
 def make_celery(settings: BatchSettings) -> Celery:
@@ -32,10 +41,13 @@ def make_celery(settings: BatchSettings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.batch_visibility_timeout_s,
-            "global_keyprefix": f"{settings.stream_prefix}:celery:",
+            "global_keyprefix": key_prefix(settings),
             # Look for abandoned chunks often enough for short visibility timeouts.
             "unacked_restore_interval": max(1, min(10, settings.batch_visibility_timeout_s // 2)),
             "unacked_restore_throttle": 1,
+            # A worker killed while it held the lock of that look stops every
+            # look until the lock expires (kombu's default: 5 minutes).
+            "unacked_mutex_expire": max(5, min(300, settings.batch_visibility_timeout_s)),
         },
         task_default_queue=QUEUE,
         task_acks_late=True,

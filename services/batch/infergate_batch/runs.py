@@ -40,6 +40,7 @@ from infergate_router.settings import settings_from_env as router_settings_from_
 
 from . import queue
 from .lines import LineRunner, Skipped
+from .lost_tasks import START, BrokerView, LostTasks, chunk_task
 from .objects import (
     BatchError,
     BatchErrors,
@@ -80,6 +81,7 @@ class BatchParts:
     storage: FileStorage
     router: RouterServices
     runner: LineRunner
+    broker: BrokerView | None
 
     @classmethod
     def build(
@@ -96,6 +98,7 @@ class BatchParts:
             open_storage(settings),
             router,
             LineRunner(router, slots, settings),
+            BrokerView.of(settings, client),
         )
 
 
@@ -130,6 +133,7 @@ def start(parts: BatchParts, batch_id: str) -> None:
 
     def begin(rec: BatchRecord) -> bool:
         rec.chunks = len(chunks)
+        rec.chunk_lines = parts.settings.batch_chunk_lines
         rec.batch.request_counts = RequestCounts(total=total)
         if rec.batch.status == BatchStatus.VALIDATING:
             rec.batch.status = BatchStatus.IN_PROGRESS
@@ -138,7 +142,7 @@ def start(parts: BatchParts, batch_id: str) -> None:
 
     parts.store.update_batch(batch_id, begin)
     # A cancelled batch's chunks are sent too: they skip their lines at once.
-    done = parts.store.redis.smembers(f"{parts.store.prefix}:done:{batch_id}")
+    done = parts.store.done_chunks(batch_id)
     for chunk in chunks:
         if str(chunk.index) not in done:
             queue.send(parts.celery, queue.RUN_CHUNK, batch_id, chunk.model_dump())
@@ -379,9 +383,13 @@ def _write_files(parts: BatchParts, record: BatchRecord, end: BatchStatus) -> Wr
 
 def sweep(parts: BatchParts) -> None:
     """Finalize batches past their window, and batches whose chunks have all
-    run but whose finalize never finished (its worker died)."""
+    run but whose finalize never finished (its worker died); send again the
+    tasks the broker lost (:mod:`infergate_batch.lost_tasks`)."""
     store = parts.store
     now = time.time()
+    after_s = parts.settings.batch_lost_task_after_s
+    lost = LostTasks(store.redis, f"{store.prefix}:watch", parts.broker, after_s)
+    running: list[str] = []
     for batch_id in store.active_batches():
         try:
             record = store.get_batch(batch_id)
@@ -400,3 +408,22 @@ def sweep(parts: BatchParts) -> None:
             queue.send(parts.celery, queue.FINALIZE, batch_id)
         elif record.chunks and store.chunks_done(batch_id) >= record.chunks:
             queue.send(parts.celery, queue.FINALIZE, batch_id)
+        elif not record.expire:
+            running.append(batch_id)
+            lines = sum(store.counts(batch_id))
+            _send_again(parts, record, lost.check(record, store.done_chunks(batch_id), lines, now))
+    lost.forget(running)
+
+
+def _send_again(parts: BatchParts, record: BatchRecord, tasks: set[str]) -> None:
+    if not tasks:
+        return
+    batch_id = record.batch.id
+    log.warning("batch %s: the broker lost %s; sending again", batch_id, ", ".join(sorted(tasks)))
+    if START in tasks:
+        queue.send(parts.celery, queue.START, batch_id)
+        return
+    size = record.chunk_lines or parts.settings.batch_chunk_lines
+    for chunk in chunks_of(parts.storage, storage_key(record.batch.input_file_id), size):
+        if chunk_task(chunk.index) in tasks:
+            queue.send(parts.celery, queue.RUN_CHUNK, batch_id, chunk.model_dump())

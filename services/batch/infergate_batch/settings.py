@@ -60,6 +60,9 @@ class BatchSettings(BaseModel):
     batch_visibility_timeout_s: int = Field(2 * 3600, ge=1)
     # How often a batch worker looks for batches past their window or done.
     batch_sweep_interval_s: float = Field(5.0, gt=0)
+    # A running batch that has not moved for this long has its tasks looked
+    # for in the broker; one missing there (lost) is sent again.
+    batch_lost_task_after_s: float = Field(60.0, gt=0)
 
 
 def settings_from_env() -> BatchSettings:

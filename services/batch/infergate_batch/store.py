@@ -212,6 +212,10 @@ class BatchStore:
     def chunks_done(self, batch_id: str) -> int:
         return int(self.redis.scard(self._done(batch_id)))
 
+    def done_chunks(self, batch_id: str) -> set[str]:
+        """The indexes of the chunks run so far, as strings."""
+        return {str(index) for index in self.redis.smembers(self._done(batch_id))}  # type: ignore[union-attr]
+
     def finalize_lock(self, batch_id: str, ttl_s: int) -> bool:
         return bool(self.redis.set(f"{self.prefix}:finalize:{batch_id}", "1", nx=True, ex=ttl_s))
 
