@@ -15,11 +15,12 @@ import pytest
 import redis
 from harness.redis_server import RedisServer
 
-from infergate_batch import queue
+from infergate_batch import queue, runs
 from infergate_batch.lost_tasks import START, BrokerView, LostTasks, chunk_task
-from infergate_batch.objects import BatchObject, BatchRecord, BatchStatus, FileObject, FileRecord
+from infergate_batch.objects import BatchObject, BatchRecord, BatchStatus, FileObject, FileRecord, storage_key
 from infergate_batch.settings import BatchSettings
 from infergate_batch.slots import ModelSlots
+from infergate_batch.storage import open_storage
 from infergate_batch.store import BatchStore
 from infergate_common.errors import NotFound
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
@@ -326,6 +327,59 @@ def test_a_task_seen_again_at_the_second_look_is_not_lost(server: RedisServer) -
     assert lost.check(fresh, set(), lines=0, now=3.0) == {START}
     lost.forget(["b"])
     assert lost.client.hkeys(lost.key) == ["b"]
+
+
+def test_a_watch_entry_it_cannot_read_starts_the_watch_again(server: RedisServer) -> None:
+    settings = BatchSettings(redis_url=server.url, stream_prefix="t-odd")
+    view = BrokerView.of(settings, server.client())
+    lost = LostTasks(server.client(), "t-odd:watch", view, after_s=1)
+    lost.client.hset(lost.key, "b", '{"from": "another version"}')
+    record = running_batch("b", chunks=1)
+    assert lost.check(record, set(), lines=0, now=0.0) == set()
+    assert lost.check(record, set(), lines=0, now=2.0) == set()
+    lost = LostTasks(lost.client, lost.key, view, lost.after_s)
+    assert lost.check(record, set(), lines=0, now=3.0) == {chunk_task(0)}
+
+
+def test_a_batch_whose_input_is_gone_does_not_stop_the_sweep(server: RedisServer, tmp_path: Path) -> None:
+    """Batch ``a`` lost a chunk and its input file is gone, so the chunk
+    cannot be cut again; batch ``b`` after it still gets its lost chunk back."""
+    settings = BatchSettings(
+        redis_url=server.url,
+        stream_prefix="t-sweep",
+        batch_storage_url=str(tmp_path),
+        batch_lost_task_after_s=0.01,
+        batch_chunk_lines=2,
+    )
+    client = server.client()
+    store = BatchStore(client, settings.stream_prefix)
+    storage = open_storage(settings)
+    for batch_id in ("a", "b"):
+        record = running_batch(batch_id, chunks=2)
+        record.batch.input_file_id = f"file-{batch_id}"
+        store.add_batch(record)
+        store.chunk_done(batch_id, 0)
+    with storage.writer(storage_key("file-b")) as out:
+        out.write(b"".join(b'{"custom_id": "%d"}\n' % i for i in range(4)))
+    app = queue.make_celery(settings)
+    parts = runs.BatchParts(
+        settings,
+        app,
+        client,
+        store,
+        storage,
+        None,
+        None,
+        BrokerView.of(settings, client),  # type: ignore[arg-type]
+    )
+    view = parts.broker
+    assert view is not None
+    for _ in range(3):  # watch, first look, second look
+        runs.sweep(parts)
+        time.sleep(0.02)
+    assert view.held() == {"b": {chunk_task(1)}}
+    resent = [raw for raw in client.lrange(view.queue_key, 0, -1) if "run_chunk" in raw]
+    assert len(resent) == 1
 
 
 def test_the_batch_worker_never_imports_flask() -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from . import queue
 from .objects import BatchRecord
@@ -154,8 +154,7 @@ class LostTasks:
             return set()
         batch_id = record.batch.id
         progress = f"{record.enqueued}:{len(done)}:{lines}"
-        raw = cast(str | None, self.client.hget(self.key, batch_id))
-        watch = Watch.model_validate_json(raw) if raw else None
+        watch = self._load(batch_id)
         if watch is None or watch.progress != progress:
             self._save(batch_id, Watch(progress=progress, since=now))
             return set()
@@ -178,6 +177,15 @@ class LostTasks:
         gone = [batch_id for batch_id in cast(list[str], self.client.hkeys(self.key)) if batch_id not in keep]
         if gone:
             self.client.hdel(self.key, *gone)
+
+    def _load(self, batch_id: str) -> Watch | None:
+        raw = cast(str | None, self.client.hget(self.key, batch_id))
+        if not raw:
+            return None
+        try:
+            return Watch.model_validate_json(raw)
+        except ValidationError:
+            return None  # written by another version: start watching again
 
     def _save(self, batch_id: str, watch: Watch) -> None:
         self.client.hset(self.key, batch_id, watch.model_dump_json())

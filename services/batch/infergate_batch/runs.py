@@ -410,8 +410,12 @@ def sweep(parts: BatchParts) -> None:
             queue.send(parts.celery, queue.FINALIZE, batch_id)
         elif not record.expire:
             running.append(batch_id)
-            lines = sum(store.counts(batch_id))
-            _send_again(parts, record, lost.check(record, store.done_chunks(batch_id), lines, now))
+            try:
+                lines = sum(store.counts(batch_id))
+                _send_again(parts, record, lost.check(record, store.done_chunks(batch_id), lines, now))
+            except Exception:
+                # One batch's input gone from the storage must not stop the sweep for the others.
+                log.exception("batch %s: looking for its lost tasks failed", batch_id)
     lost.forget(running)
 
 
