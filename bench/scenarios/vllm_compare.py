@@ -18,7 +18,8 @@ from typing import Any
 import requests
 
 from ..client import Call
-from ..context import Context, ScenarioResult, at_least, below, diff, ms, run_async
+from ..context import Context, ScenarioResult, Target, at_least, below, diff, ms, run_async
+from ..core_pinning import ENGINE_TITLE, CorePinner, split_cpus
 from ..loadgen import fresh_run
 from ..models import ensure_test_models
 from ..profiling import py_spy_record
@@ -31,6 +32,8 @@ REPS = 3
 PROFILE_REQUESTS = 200
 PROFILE_ATTACH_S = 2.0
 MODEL = "tiny-llama"
+OWN_CORES = "engine on its own cores"
+SHARED = "shared cores"
 VLLM_PY = ROOT / ".venv-vllm" / "bin" / "python"
 # The same engine settings on both sides (vLLM on the CPU: see environment.md).
 ENGINE_FLAGS = [
@@ -117,47 +120,40 @@ def _profile(
     result.profiles["worker-vllm"] = worker
 
 
-def run(ctx: Context) -> ScenarioResult:
-    result = ScenarioResult(
-        NAME,
-        "vLLM comparison",
-        "Output tokens/s, TTFT and inter-token latency of vLLM's own OpenAI server against the router "
-        f"with worker-vllm (--backend vllm), same {MODEL} and engine flags ({' '.join(ENGINE_FLAGS)}), "
-        "streaming completions at 1, 8 and 32 concurrent clients.",
-    )
-    if not VLLM_PY.exists():
-        result.skipped = "no .venv-vllm (bash ci/setup_vllm.sh builds it)"
-        return result
-    assert ctx.models_dir is not None
-    model_dir = ensure_test_models(ctx.models_dir) / MODEL
-    tokens = ctx.pick(32, 128)
-    requests_per_level = MIN_REQUESTS
-    duration = ctx.pick(90.0, 300.0)
-    with BenchStack(ctx.scenario_dir(NAME), log_level=ctx.log_level).start() as stack:
-        if not stack.has_router:
-            result.skipped = f"router did not start: {stack.router_error}"
-            return result
-        server, vllm_url = _vllm_server(stack, model_dir)
-        try:
-            theirs = _sweep(
-                stream_call("vllm openai server", vllm_url, MODEL, tokens), requests_per_level, duration
-            )
-        finally:
-            server.stop()
-        cmd = [str(VLLM_PY), "-m", "infergate_worker_vllm", "--backend", "vllm", "--model_name", MODEL,
-               "--model_id", str(model_dir), *ENGINE_FLAGS]  # fmt: skip
-        worker = stack.start_worker(MODEL, cmd, timeout_s=300)
-        try:
-            stack.wait_routable(MODEL)
-            call = stream_call("router + worker-vllm", f"{stack.router_url}/openai/v1", MODEL, tokens)
-            ours = _sweep(call, requests_per_level, duration)
-            if ctx.profile:
-                _profile(ctx, result, stack, worker.process.pid, call, duration)
-        finally:
-            stack.stop_worker(worker)
+def _stack_pids(stack: BenchStack) -> list[int]:
+    """redis-server, the registry and the router (gunicorn's master: its
+    workers are in its tree)."""
+    pids = [int(stack.stack.redis.pidfile.read_text().strip())]
+    for process in (stack.stack.registry, stack.stack.router):
+        if process is not None:
+            pids.append(process.pid)
+    return pids
 
+
+Split = tuple[set[int], set[int]] | None
+
+
+def _layouts(
+    call: Call, requests_per_level: int, duration: float, roots: list[int], split: Split
+) -> dict[str, list[list[dict[str, Any]]]]:
+    """The sweep with the engine on cores of its own (when there are two),
+    then with every process on every core."""
+    swept: dict[str, list[list[dict[str, Any]]]] = {}
+    if split is not None:
+        with CorePinner(roots, *split) as pinner:
+            swept[OWN_CORES] = _sweep(call, requests_per_level, duration)
+        if not pinner.engine_processes:
+            raise RuntimeError(f"no {ENGINE_TITLE.decode()} process found to pin under {roots}")
+    swept[SHARED] = _sweep(call, requests_per_level, duration)
+    return swept
+
+
+def _rows(
+    result: ScenarioResult, layout: str, theirs: list[list[dict[str, Any]]], ours: list[list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for c, their_reps, our_reps in zip(LEVELS, theirs, ours, strict=True):
-        result.runs += their_reps + our_reps
+        result.runs += [{**rep, "label": f"{rep['label']}, {layout}"} for rep in their_reps + our_reps]
 
         def each(metric: str, pct: str, reps: list[dict[str, Any]]) -> list[float | None]:
             return [ms(rep, metric, pct) for rep in reps]
@@ -177,7 +173,7 @@ def run(ctx: Context) -> ScenarioResult:
             for pct in ("p50", "p99")
         }
         row: dict[str, Any] = {
-            "label": f"{c} streams",
+            "label": f"{c} streams, {layout}",
             "concurrency": c,
             "requests_per_rep": [rep["requests"] for rep in our_reps],
             "vllm_tokens_per_s": _median([rep["tokens_per_s"] for rep in their_reps]),
@@ -192,12 +188,77 @@ def run(ctx: Context) -> ScenarioResult:
         for name, values in added.items():
             row[name] = _median(values)
             row[f"{name}_spread"] = _spread(values)
-        result.rows.append(row)
-    worst = [row["throughput"] for row in result.rows if row["throughput"] is not None]
-    itl_gaps = [abs(row["added_itl_p50_ms"]) for row in result.rows if row["added_itl_p50_ms"] is not None]
-    result.targets = [
-        at_least("throughput ratio, worst of 1/8/32 streams", min(worst) if worst else None, 0.95, "x"),
-        below("added TTFT p50, 1 stream", result.rows[0]["added_ttft_p50_ms"], 5, "ms"),
-        below("inter-token gap p50 off vLLM's, worst level", max(itl_gaps) if itl_gaps else None, 1, "ms"),
+        rows.append(row)
+    return rows
+
+
+def _targets(rows: list[dict[str, Any]], layout: str) -> list[Target]:
+    worst = [row["throughput"] for row in rows if row["throughput"] is not None]
+    itl_gaps = [abs(row["added_itl_p50_ms"]) for row in rows if row["added_itl_p50_ms"] is not None]
+    worst_ratio = min(worst) if worst else None
+    worst_gap = max(itl_gaps) if itl_gaps else None
+    return [
+        at_least(f"throughput ratio, worst of 1/8/32 streams, {layout}", worst_ratio, 0.95, "x"),
+        below(f"added TTFT p50, 1 stream, {layout}", rows[0]["added_ttft_p50_ms"], 5, "ms"),
+        below(f"inter-token gap p50 off vLLM's, worst level, {layout}", worst_gap, 1, "ms"),
     ]
+
+
+def run(ctx: Context) -> ScenarioResult:
+    result = ScenarioResult(
+        NAME,
+        "vLLM comparison",
+        "Output tokens/s, TTFT and inter-token latency of vLLM's own OpenAI server against the router "
+        f"with worker-vllm (--backend vllm), same {MODEL} and engine flags ({' '.join(ENGINE_FLAGS)}), "
+        "streaming completions at 1, 8 and 32 concurrent clients; first with vLLM's engine processes "
+        f"({ENGINE_TITLE.decode()}*) on cores of their own and everything else (the load generator "
+        "included) on the last core, as a cluster lays them out, then with every process on every core.",
+    )
+    if not VLLM_PY.exists():
+        result.skipped = "no .venv-vllm (bash ci/setup_vllm.sh builds it)"
+        return result
+    assert ctx.models_dir is not None
+    model_dir = ensure_test_models(ctx.models_dir) / MODEL
+    tokens = ctx.pick(32, 128)
+    requests_per_level = MIN_REQUESTS
+    duration = ctx.pick(90.0, 300.0)
+    split = split_cpus()
+    if split is None:
+        result.notes.append("one CPU: the engine cannot have cores of its own; shared cores only")
+    else:
+        engine, serving = split
+        result.notes.append(f"engine cores {sorted(engine)}, serving core {sorted(serving)}")
+    with BenchStack(ctx.scenario_dir(NAME), log_level=ctx.log_level).start() as stack:
+        if not stack.has_router:
+            result.skipped = f"router did not start: {stack.router_error}"
+            return result
+        server, vllm_url = _vllm_server(stack, model_dir)
+        try:
+            theirs = _layouts(
+                stream_call("vllm openai server", vllm_url, MODEL, tokens),
+                requests_per_level,
+                duration,
+                [server.pid, *_stack_pids(stack)],
+                split,
+            )
+        finally:
+            server.stop()
+        cmd = [str(VLLM_PY), "-m", "infergate_worker_vllm", "--backend", "vllm", "--model_name", MODEL,
+               "--model_id", str(model_dir), *ENGINE_FLAGS]  # fmt: skip
+        worker = stack.start_worker(MODEL, cmd, timeout_s=300)
+        try:
+            stack.wait_routable(MODEL)
+            call = stream_call("router + worker-vllm", f"{stack.router_url}/openai/v1", MODEL, tokens)
+            ours = _layouts(
+                call, requests_per_level, duration, [worker.process.pid, *_stack_pids(stack)], split
+            )
+            if ctx.profile:
+                _profile(ctx, result, stack, worker.process.pid, call, duration)
+        finally:
+            stack.stop_worker(worker)
+
+    for layout in theirs:
+        rows = _rows(result, layout, theirs[layout], ours[layout])
+        result.rows += rows
+        result.targets += _targets(rows, layout)
     return result
