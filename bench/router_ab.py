@@ -6,12 +6,15 @@ run weighs on both alike. ``--mode plain``: non-streaming completions at
 concurrency 1 and 16; router CPU per request, requests per router
 CPU-second, p50 latency. ``--mode relay``: 100 streams of 1,000 tokens at
 once from an unpaced engine; tokens relayed per router CPU-second.
+``--mode paced``: 64 streams of 200 tokens from an engine that steps every
+open stream each 25 ms, as a batching engine does, so each token reaches the
+router on its own; router CPU per token.
 ``--mode kserve``: KServe v1 ``:predict`` calls (one sentence each) to a
 benchmark-engine encoder at concurrency 1 and 16, figures as ``plain``. Prints
 each figure and the ratio A/B; writes them to
 ``bench/results/router-ab-<mode>-<time>.json``.
 
-    python -m bench.router_ab --base <commit> [--mode plain|relay|kserve] [--requests 1000] [--rounds 6]
+    python -m bench.router_ab --base <commit> [--mode plain|relay|paced|kserve] [--requests 1000] [--rounds 6]
 
 B runs from a ``git worktree`` of ``--base`` (removed at the end), with
 that tree's router and common packages first on ``PYTHONPATH``.
@@ -37,6 +40,9 @@ from .scenarios.relay import stream_calls
 from .stacks import ROOT, BenchStack
 
 LEVELS: tuple[int, ...] = (1, 16)
+PACED_STREAMS = 64
+PACED_TOKENS = 200
+PACED_INTERVAL_MS = 25
 
 
 def _worktree(base: str, where: Path) -> Path:
@@ -55,6 +61,10 @@ def measure(base_tree: Path, mode: str, requests: int, rounds: int, workdir: Pat
                                        "--tokens", "100000")  # fmt: skip
             levels: tuple[int, ...] = (100,)
             count = 100
+        elif mode == "paced":
+            worker = stack.null_worker("null", "--stamp_tokens", "--step_streams", "--token_interval_ms",
+                                       str(PACED_INTERVAL_MS), "--tokens", "100000")  # fmt: skip
+            levels, count = (PACED_STREAMS,), PACED_STREAMS
         elif mode == "kserve":
             worker = stack.null_worker("null", "--task", "text_embedding")
             levels, count = LEVELS, requests
@@ -71,6 +81,8 @@ def measure(base_tree: Path, mode: str, requests: int, rounds: int, workdir: Pat
         def call(url: str) -> Any:
             if mode == "relay":
                 return stream_calls(worker.url, url, "null", 1000)[1]
+            if mode == "paced":
+                return stream_calls(worker.url, url, "null", PACED_TOKENS)[1]
             if mode == "kserve":
                 return Call(
                     "router v1 predict", f"{url}/v1/models/null:predict", lambda i: {"instances": [f"s {i}"]}
@@ -104,6 +116,7 @@ def measure(base_tree: Path, mode: str, requests: int, rounds: int, workdir: Pat
                         "router_cpu_us_per_request": round(cpu[name] / max(done[name], 1) * 1e6, 1),
                         "requests_per_router_cpu_s": round(done[name] / cpu[name], 1),
                         "tokens_per_router_cpu_s": round(tokens[name] / cpu[name], 1),
+                        "router_cpu_us_per_token": round(cpu[name] / max(tokens[name], 1) * 1e6, 1),
                         "errors": errors[name],
                         "p50_ms_median": round(statistics.median(p50s[name]), 3),
                         "p50_ms_rounds": [round(x, 3) for x in p50s[name]],
@@ -120,7 +133,7 @@ def measure(base_tree: Path, mode: str, requests: int, rounds: int, workdir: Pat
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the commit B runs (A is this checkout)")
-    parser.add_argument("--mode", choices=("plain", "relay", "kserve"), default="plain")
+    parser.add_argument("--mode", choices=("plain", "relay", "paced", "kserve"), default="plain")
     parser.add_argument("--requests", type=int, default=1000, help="requests per round (plain, kserve)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds per router and level")
     args = parser.parse_args()

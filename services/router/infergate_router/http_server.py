@@ -10,6 +10,13 @@
   bytes outside printable ASCII, a line the e-mail parser would take for
   the body) goes to the e-mail parser as before, so the environ a request
   gets never depends on which way its headers were read.
+* **Writes.** gevent's ``sendall`` asks the kernel for the socket's send
+  buffer size (a ``getsockopt`` call) and sets up its timeout bookkeeping on
+  every call: per token of a stream, where the response is one small chunk
+  per token. :meth:`RouterHandler._sendall` first offers the bytes to the
+  socket without waiting (it is non-blocking underneath); only what the
+  kernel did not take goes through gevent's ``sendall``, which waits for
+  the socket as before. TLS sockets always take gevent's path.
 * **The access log.** gunicorn's handler builds its access-log record
   (timestamps, the request's header list) for every request and only then
   asks whether access logging is on. The router logs one line per request
@@ -26,6 +33,7 @@ import http.client
 import re
 from typing import Any
 
+import gevent.socket
 from gevent import pywsgi
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
@@ -90,6 +98,28 @@ def read_headers(rfile: Any) -> Any:
 class RouterHandler(PyWSGIHandler):
     def MessageClass(self, rfile: Any, *_args: Any) -> Any:
         return read_headers(rfile)
+
+    def _sendall(self, data: bytes | bytearray) -> None:
+        """gevent's, with the bytes first offered to the non-blocking socket
+        underneath (a plain TCP socket only: never under TLS)."""
+        sock = self.socket
+        try:
+            sent = 0
+            if type(sock) is gevent.socket.socket:
+                try:
+                    sent = sock._sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+            if sent < len(data):
+                sock.sendall(memoryview(data)[sent:])
+        except OSError as exc:
+            # As gevent records a failed write for its log and handling.
+            self.status = f"socket error: {exc}"
+            code = getattr(self, "code", None)
+            if isinstance(code, int) and code > 0:
+                self.code = -code
+            raise
+        self.response_length += len(data)
 
     def log_request(self) -> None:
         if getattr(self.server.log, "access_log_enabled", True):

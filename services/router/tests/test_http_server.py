@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from environ_echo_app import known_bytes
 from gevent import pywsgi
 from router_processes import Process, free_port
 
@@ -163,3 +164,27 @@ def test_the_access_log_is_written_when_switched_on(echo_servers: tuple[int, int
             return
         time.sleep(0.05)
     raise AssertionError(f"no access-log line for /logged-path in {access_log}")
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out, body = out + body[:size], body[size + 2 :]
+
+
+@pytest.mark.parametrize(
+    ("n", "parts"),
+    [(8 << 20, 4), (200_000, 2_000)],
+    ids=["8 MB in 4 writes, more than the socket takes at once", "2,000 small writes, as tokens"],
+)
+def test_response_bodies_arrive_whole(echo_servers: tuple[int, int, Path], n: int, parts: int) -> None:
+    our_port, stock_port, _ = echo_servers
+    raw = f"GET /bytes?n={n}&parts={parts} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    for port in (our_port, stock_port):
+        status, body = _send(port, raw)
+        assert status == 200
+        assert _dechunk(body) == known_bytes(n)
