@@ -51,17 +51,23 @@ def _pin(pid: int, cpus: set[int]) -> None:
                 os.sched_setaffinity(tid, cpus)
 
 
-def _is_engine(pid: int) -> bool:
+def is_engine(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(ENGINE_TITLE)
     return False
 
 
-def _tree(pid: int) -> list[int]:
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
     found = [pid]
     for child in procstat.children(pid):
-        found.extend(_tree(child))
+        found.extend(tree(child))
     return found
+
+
+def serving_processes(roots: Iterable[int]) -> list[int]:
+    """The processes of ``roots``' trees that are not vLLM's engine."""
+    return [pid for root in roots for pid in tree(root) if not is_engine(pid)]
 
 
 class CorePinner:
@@ -81,8 +87,8 @@ class CorePinner:
         self.engine_processes: set[int] = set()
 
     def pin_once(self) -> None:
-        for pid in [os.getpid(), *(p for root in self.roots for p in _tree(root))]:
-            engine = _is_engine(pid)
+        for pid in [os.getpid(), *(p for root in self.roots for p in tree(root))]:
+            engine = is_engine(pid)
             if engine:
                 self.engine_processes.add(pid)
             _pin(pid, self.engine if engine else self.serving)

@@ -10,6 +10,7 @@ server; a row gives the median of the repetitions and their spread
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -19,9 +20,10 @@ import requests
 
 from ..client import Call
 from ..context import Context, ScenarioResult, Target, at_least, below, diff, ms, run_async
-from ..core_pinning import ENGINE_TITLE, CorePinner, split_cpus
+from ..core_pinning import ENGINE_TITLE, CorePinner, serving_processes, split_cpus
 from ..loadgen import fresh_run
 from ..models import ensure_test_models
+from ..procstat import CpuMeter
 from ..profiling import py_spy_record
 from ..stacks import ROOT, BenchStack, Process, free_port
 
@@ -32,6 +34,7 @@ REPS = 3
 PROFILE_REQUESTS = 200
 PROFILE_ATTACH_S = 2.0
 MODEL = "tiny-llama"
+LOAD_GENERATOR = "load generator"
 OWN_CORES = "engine on its own cores"
 SHARED = "shared cores"
 VLLM_PY = ROOT / ".venv-vllm" / "bin" / "python"
@@ -64,15 +67,27 @@ def stream_call(kind: str, base_url: str, model: str, tokens: int) -> Call:
     )
 
 
-def _sweep(call: Call, requests_per_level: int, duration: float) -> list[list[dict[str, Any]]]:
+def _rep(call: Call, c: int, count: int, duration: float, roots: dict[str, int]) -> dict[str, Any]:
+    """One run, with the CPU the serving side used per output token: each
+    of ``roots``' process trees without vLLM's engine processes, and this
+    process (the load generator); the warm-up requests included."""
+    groups = {name: serving_processes([pid]) for name, pid in roots.items()}
+    groups[LOAD_GENERATOR] = [os.getpid()]
+    meters = {name: CpuMeter(pids).start() for name, pids in groups.items()}
+    summary = run_async(fresh_run(call, c, count, duration, warmup=min(c, 4))).summary()
+    used = {name: meter.stop() for name, meter in meters.items()}
+    if summary["tokens"]:
+        per_token = {name: round(cpu / summary["tokens"] * 1e6, 1) for name, cpu in used.items()}
+        summary["serving_cpu_us_per_token"] = {**per_token, "total": round(sum(per_token.values()), 1)}
+    return summary
+
+
+Sweep = list[list[dict[str, Any]]]
+
+
+def _sweep(call: Call, requests_per_level: int, duration: float, roots: dict[str, int]) -> Sweep:
     """Per level, ``REPS`` runs of ``requests_per_level`` requests (or ``duration``)."""
-    return [
-        [
-            run_async(fresh_run(call, c, max(requests_per_level, c), duration, warmup=min(c, 4))).summary()
-            for _ in range(REPS)
-        ]
-        for c in LEVELS
-    ]
+    return [[_rep(call, c, max(requests_per_level, c), duration, roots) for _ in range(REPS)] for c in LEVELS]
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -120,13 +135,13 @@ def _profile(
     result.profiles["worker-vllm"] = worker
 
 
-def _stack_pids(stack: BenchStack) -> list[int]:
+def _stack_pids(stack: BenchStack) -> dict[str, int]:
     """redis-server, the registry and the router (gunicorn's master: its
-    workers are in its tree)."""
-    pids = [int(stack.stack.redis.pidfile.read_text().strip())]
-    for process in (stack.stack.registry, stack.stack.router):
+    workers are in its tree), by name."""
+    pids = {"redis": int(stack.stack.redis.pidfile.read_text().strip())}
+    for name, process in (("registry", stack.stack.registry), ("router", stack.stack.router)):
         if process is not None:
-            pids.append(process.pid)
+            pids[name] = process.pid
     return pids
 
 
@@ -134,23 +149,33 @@ Split = tuple[set[int], set[int]] | None
 
 
 def _layouts(
-    call: Call, requests_per_level: int, duration: float, roots: list[int], split: Split
-) -> dict[str, list[list[dict[str, Any]]]]:
+    call: Call, requests_per_level: int, duration: float, roots: dict[str, int], split: Split
+) -> dict[str, Sweep]:
     """The sweep with the engine on cores of its own (when there are two),
     then with every process on every core."""
-    swept: dict[str, list[list[dict[str, Any]]]] = {}
+    swept: dict[str, Sweep] = {}
     if split is not None:
-        with CorePinner(roots, *split) as pinner:
-            swept[OWN_CORES] = _sweep(call, requests_per_level, duration)
+        with CorePinner(roots.values(), *split) as pinner:
+            swept[OWN_CORES] = _sweep(call, requests_per_level, duration, roots)
         if not pinner.engine_processes:
             raise RuntimeError(f"no {ENGINE_TITLE.decode()} process found to pin under {roots}")
-    swept[SHARED] = _sweep(call, requests_per_level, duration)
+    swept[SHARED] = _sweep(call, requests_per_level, duration, roots)
     return swept
 
 
-def _rows(
-    result: ScenarioResult, layout: str, theirs: list[list[dict[str, Any]]], ours: list[list[dict[str, Any]]]
-) -> list[dict[str, Any]]:
+def _cpu_per_token(reps: list[dict[str, Any]], name: str) -> float | None:
+    """Median over the repetitions of one process group's CPU per token."""
+    return _median([rep.get("serving_cpu_us_per_token", {}).get(name) for rep in reps])
+
+
+def _by_process(reps: list[dict[str, Any]]) -> str:
+    """``name us, ...`` for every process group that used CPU (medians)."""
+    names = dict.fromkeys(n for rep in reps for n in rep.get("serving_cpu_us_per_token", {}) if n != "total")
+    medians = {name: _cpu_per_token(reps, name) for name in names}
+    return ", ".join(f"{name} {value:g}" for name, value in medians.items() if value)
+
+
+def _rows(result: ScenarioResult, layout: str, theirs: Sweep, ours: Sweep) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for c, their_reps, our_reps in zip(LEVELS, theirs, ours, strict=True):
         result.runs += [{**rep, "label": f"{rep['label']}, {layout}"} for rep in their_reps + our_reps]
@@ -183,6 +208,10 @@ def _rows(
             "unit": "ours / vLLM tokens/s (median of reps)",
             "vllm_itl_p50_ms": _median(each("itl_ms", "p50", their_reps)),
             "ours_itl_p50_ms": _median(each("itl_ms", "p50", our_reps)),
+            "vllm_serving_cpu_us_per_token": _cpu_per_token(their_reps, "total"),
+            "ours_serving_cpu_us_per_token": _cpu_per_token(our_reps, "total"),
+            "ours_cpu_us_per_token_by_process": _by_process(our_reps),
+            "vllm_cpu_us_per_token_by_process": _by_process(their_reps),
             "errors": sum(rep["errors"] for rep in their_reps + our_reps),
         }
         for name, values in added.items():
@@ -238,7 +267,7 @@ def run(ctx: Context) -> ScenarioResult:
                 stream_call("vllm openai server", vllm_url, MODEL, tokens),
                 requests_per_level,
                 duration,
-                [server.pid, *_stack_pids(stack)],
+                {"vllm api server": server.pid, **_stack_pids(stack)},
                 split,
             )
         finally:
@@ -249,9 +278,8 @@ def run(ctx: Context) -> ScenarioResult:
         try:
             stack.wait_routable(MODEL)
             call = stream_call("router + worker-vllm", f"{stack.router_url}/openai/v1", MODEL, tokens)
-            ours = _layouts(
-                call, requests_per_level, duration, [worker.process.pid, *_stack_pids(stack)], split
-            )
+            roots = {"worker-vllm": worker.process.pid, **_stack_pids(stack)}
+            ours = _layouts(call, requests_per_level, duration, roots, split)
             if ctx.profile:
                 _profile(ctx, result, stack, worker.process.pid, call, duration)
         finally:

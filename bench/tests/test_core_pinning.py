@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from bench.core_pinning import PASS_INTERVAL_S, CorePinner, split_cpus
+from bench.core_pinning import PASS_INTERVAL_S, CorePinner, serving_processes, split_cpus
 
 
 def affinity(pid: int) -> set[int]:
@@ -60,6 +61,32 @@ def test_engine_processes_get_their_own_cores() -> None:
         assert affinity(engine_pid) == everything
         assert affinity(root.pid) == everything
         assert affinity(0) == everything
+    finally:
+        os.killpg(root.pid, 9)
+        root.wait()
+
+
+def test_the_serving_side_is_the_tree_without_the_engine() -> None:
+    """What the comparison charges to the serving side's CPU per token."""
+    root = subprocess.Popen(
+        ["bash", "-c", 'exec -a "VLLM::EngineCore" sleep 60 & sleep 60 & wait'], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while len(children_of(root.pid)) < 2:
+            assert time.monotonic() < deadline, "the test's processes did not start"
+            time.sleep(0.02)
+        engine = [
+            pid
+            for pid in children_of(root.pid)
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::")
+        ]
+        assert len(engine) == 1
+        serving = serving_processes([root.pid])
+        assert sorted(serving) == sorted(
+            [root.pid, *(pid for pid in children_of(root.pid) if pid not in engine)]
+        )
+        assert engine[0] not in serving
     finally:
         os.killpg(root.pid, 9)
         root.wait()
