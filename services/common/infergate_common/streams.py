@@ -39,6 +39,7 @@ mid-way disappears by itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -136,3 +137,23 @@ def _decode(name: bytes | str, data: bytes | str | None) -> StreamEvent:
 
 def is_final(event: StreamEvent) -> bool:
     return isinstance(event, (DoneEvent, ErrorEvent))
+
+
+def deltas_in_order(events: Iterable[StreamEvent]) -> list[DeltaEvent]:
+    """The deltas of one stream as a reader relays them, by the integrity
+    rules above: seq 0, 1, 2, ... once each. A delta whose seq came before
+    is a retried write that landed twice and is dropped, if it equals the
+    one it repeats. Raises :class:`ValueError` on a hole, or on a repeat
+    that differs."""
+    relayed: list[DeltaEvent] = []
+    for event in events:
+        if not isinstance(event, DeltaEvent):
+            continue
+        if event.seq < len(relayed):
+            if event != relayed[event.seq]:
+                raise ValueError(f"delta {event.seq} written twice, differently")
+            continue
+        if event.seq != len(relayed):
+            raise ValueError(f"delta {len(relayed)} missing: the next is {event.seq}")
+        relayed.append(event)
+    return relayed

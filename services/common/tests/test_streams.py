@@ -1,9 +1,12 @@
+import pytest
+
 from infergate_common.streams import (
     DeltaEvent,
     ErrorEvent,
     HeartbeatEvent,
     decode_event,
     decode_fields,
+    deltas_in_order,
     encode_event,
     is_final,
 )
@@ -28,3 +31,20 @@ def test_raw_field_lists_decode_like_maps() -> None:
     # Another field order (not what the workers write) still decodes.
     assert decode_fields([raw[2], raw[3], raw[0], raw[1]]) == delta
     assert isinstance(decode_fields([b"event", b"bogus", b"data", b"{}"]), ErrorEvent)
+
+
+def _delta(seq: int, text: str = "") -> DeltaEvent:
+    return DeltaEvent(seq=seq, text=text or f"t{seq}", tokens=1)
+
+
+def test_deltas_in_order_drops_a_retried_write_that_landed_twice() -> None:
+    # A batch of deltas 1-2 retried after a lost reply: Redis holds it twice.
+    written = [_delta(0), _delta(1), _delta(2), HeartbeatEvent(), _delta(1), _delta(2), _delta(3)]
+    assert [d.seq for d in deltas_in_order(written)] == [0, 1, 2, 3]
+
+
+def test_deltas_in_order_refuses_a_hole_or_a_repeat_that_differs() -> None:
+    with pytest.raises(ValueError, match="delta 1 missing"):
+        deltas_in_order([_delta(0), _delta(2)])
+    with pytest.raises(ValueError, match="delta 1 written twice"):
+        deltas_in_order([_delta(0), _delta(1), _delta(1, "other")])
