@@ -26,15 +26,15 @@ lost reply lands twice, identical), and ends the stream with an error event
 when a delta skips ahead or the ``done`` counts more deltas than arrived: a
 client never receives text with a hole followed by a normal end.
 
-Writing. Entries are written in ``MULTI``/``EXEC`` batches, so a batch lands
-whole or not at all; a failed batch is retried a bounded number of times,
-after which the writer stops the generations it carries and owes each of
-them an ``error`` entry, written as soon as Redis takes writes again (the
-stream's earlier entries are trimmed first, which frees the memory of a
-full Redis). The writer caps each stream with ``MAXLEN ~``, and sets the
-key's expiry (``ttl_s``) with its first entry, again every ``ttl_s / 2``
-while it grows, and with its final entry: a stream whose worker died
-mid-way disappears by itself.
+Writing. Entries are written in batches, one call of an append script each,
+which Redis runs atomically, so a batch lands whole or not at all; a failed
+batch is retried a bounded number of times, after which the writer stops
+the generations it carries and owes each of them an ``error`` entry,
+written as soon as Redis takes writes again (the stream's earlier entries
+are trimmed first, which frees the memory of a full Redis). The writer caps
+each stream with ``MAXLEN ~``, and sets the key's expiry (``ttl_s``) with
+its first entry, again every ``ttl_s / 2`` while it grows, and with its
+final entry: a stream whose worker died mid-way disappears by itself.
 """
 
 from __future__ import annotations
