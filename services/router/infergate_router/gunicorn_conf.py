@@ -2,10 +2,13 @@
 ``gunicorn --config python:infergate_router.gunicorn_conf infergate_router.wsgi:app``.
 
 gevent workers: each holds hundreds of open SSE streams as greenlets. The
-worker class is ``gevent_pywsgi`` (gevent's own HTTP server inside gunicorn's
-gevent worker) rather than ``gevent`` (gunicorn's parser): it writes a
-response's headers and body in one send and parses a request for less, so a
-request costs about a quarter less router CPU (``bench/scenarios/overhead.py``).
+worker class is :class:`infergate_router.http_server.RouterWorker`: gunicorn's
+``gevent_pywsgi`` (gevent's own HTTP server inside gunicorn's gevent worker)
+rather than ``gevent`` (gunicorn's parser), since it writes a response's
+headers and body in one send and parses a request for less (a request costs
+about a quarter less router CPU, ``bench/scenarios/overhead.py``), with
+request headers read without the e-mail parser and no access-log record
+built while the access log is off.
 From the environment:
 
 - ``INFERGATE_BIND`` (default ``0.0.0.0:8080``): the API.
@@ -45,7 +48,7 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 
 bind = os.environ.get("INFERGATE_BIND", "0.0.0.0:8080")
 workers = int(os.environ.get("INFERGATE_WORKERS") or available_cpus())
-worker_class = "gevent_pywsgi"
+worker_class = "infergate_router.http_server.RouterWorker"
 # Open connections per worker: every streaming client holds one for its
 # whole generation.
 worker_connections = int(os.environ.get("INFERGATE_WORKER_CONNECTIONS", "2000"))
