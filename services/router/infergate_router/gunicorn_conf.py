@@ -7,8 +7,9 @@ worker class is :class:`infergate_router.http_server.RouterWorker`: gunicorn's
 rather than ``gevent`` (gunicorn's parser), since it writes a response's
 headers and body in one send and parses a request for less (a request costs
 about a quarter less router CPU, ``bench/scenarios/overhead.py``), with
-request headers read without the e-mail parser and no access-log record
-built while the access log is off.
+request headers read without the e-mail parser, writes offered to the
+socket before gevent's ``sendall``, and no access-log record built while
+the access log is off.
 From the environment:
 
 - ``INFERGATE_BIND`` (default ``0.0.0.0:8080``): the API.

@@ -1,5 +1,5 @@
 """The router's gunicorn worker class: gunicorn's ``gevent_pywsgi`` worker
-(gevent's own HTTP server) with two per-request costs taken out.
+(gevent's own HTTP server) with three costs of each request and token taken out.
 
 * **Request headers.** gevent hands the header block to the standard
   library's e-mail parser (``http.client.parse_headers``): about 34 µs per
@@ -40,7 +40,6 @@ from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 # The standard library's limits (http.client's _MAXLINE and _MAXHEADERS).
 MAX_LINE = 65536
 MAX_HEADERS = 100
-_END = (b"\r\n", b"\n")
 # A block of fields the e-mail parser reads as exactly one (name, value)
 # pair each: a name of the characters it accepts in one, a colon, printable
 # ASCII or tabs, one line end; then the empty line.
