@@ -5,25 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Direct children of a process; the harness reads them for its own pinning.
+from harness.core_pinning import children as children
+
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces: fields start after its closing parenthesis.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return sorted(found)
 
 
 def status_kb(pid: int, field: str) -> int:

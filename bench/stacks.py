@@ -5,23 +5,19 @@ redis-server, the registry, the router under gunicorn+gevent and workers."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import requests
+from harness.ports import free_port
+from harness.processes import Process, ProcessFailed
+from harness.stack import Stack, Worker
+
+from . import procstat
+from .loopback import require_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
-
-from harness.ports import free_port  # noqa: E402
-from harness.processes import Process, ProcessFailed  # noqa: E402
-from harness.stack import Stack, Worker  # noqa: E402
-
-from . import procstat  # noqa: E402
-from .loopback import require_loopback  # noqa: E402
 
 __all__ = ["BenchStack", "Process", "ProcessFailed", "Worker", "free_port"]
 

@@ -20,6 +20,7 @@ import openai
 import pytest
 import requests
 from harness.abandon import abandon_streams
+from harness.core_pinning import is_engine, split_cpus, tree
 from harness.ports import free_port
 from harness.stack import Stack, Worker
 
@@ -123,6 +124,23 @@ def test_abandoned_streams_free_the_engine(stack: Stack, vllm_llama: Worker) -> 
     held = requests.get(f"{vllm_llama.url}/info", timeout=10).json()["extra"]["held"]
     assert held == 0
     print(f"\ncancellation storm (worker-vllm): short request {short_s:.2f}s")
+
+
+def test_the_engine_runs_on_cores_of_its_own(vllm_llama: Worker) -> None:
+    """The harness's layout (harness/core_pinning.py): vLLM's engine core
+    and model worker on every CPU but the last, the worker's own process
+    (its event loop writes the token streams) left on every CPU."""
+    split = split_cpus()
+    if split is None:
+        pytest.fail("the layout needs 2 CPUs; this machine allows one")
+    engine_cpus, _ = split
+    everything = os.sched_getaffinity(0)
+    engines = [pid for pid in tree(vllm_llama.process.pid) if is_engine(pid)]
+    assert len(engines) == 2, engines  # VLLM::EngineCore and VLLM::Worker
+    for pid in engines:
+        threads = os.listdir(f"/proc/{pid}/task")
+        assert {frozenset(os.sched_getaffinity(int(tid))) for tid in threads} == {frozenset(engine_cpus)}
+    assert os.sched_getaffinity(vllm_llama.process.pid) == everything
 
 
 def test_models_show_the_vllm_backend_and_why(stack: Stack, vllm_llama: Worker) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import requests
 
+from .core_pinning import pin_engines
 from .leaks import WATCH
 from .ports import free_port
 from .processes import Process, stop_all
@@ -203,9 +204,12 @@ class Stack:
         return worker
 
     def wait_worker(self, worker: Worker, timeout_s: float = 120) -> Worker:
-        """Wait until the worker is ready and the registry lists it as a ready replica."""
+        """Wait until the worker is ready and the registry lists it as a ready
+        replica. A vLLM worker's engine processes (started by then) go to
+        cores of their own (:mod:`harness.core_pinning` says why)."""
         try:
             worker.process.wait_http_ok(f"{worker.url}/readyz", timeout_s)
+            pin_engines(worker.process.pid)
             worker.process.wait_until(
                 lambda: self.replica_listed(worker.name, worker.url),
                 timeout_s=15,
