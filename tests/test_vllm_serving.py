@@ -102,8 +102,9 @@ def test_abandoned_streams_free_the_engine(stack: Stack, vllm_llama: Worker) -> 
     """vLLM's own cancellation test through the router: 200 long streams
     abandoned after 0.5 s, then a 10-token request within 5 s, and the
     engine holds nothing. ci/test.sh runs it in a session of its own: after
-    the other vLLM suites in the same session the same storm has taken
-    13-30 s (not yet explained; see docs/resilience.md)."""
+    the other vLLM suites in the same session the same storm once took
+    13-30 s, before the harness gave the engine cores of its own (then
+    0.36 and 0.43 s; docs/resilience.md)."""
     body = {
         "model": NAME, "prompt": "hello", "max_tokens": MAX_MODEL_LEN - 8, "ignore_eos": True,
         "stream": True,
