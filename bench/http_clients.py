@@ -1,6 +1,7 @@
 """Which HTTP client the router should use to call workers: ``requests``,
-``urllib3`` directly, or ``geventhttpclient``, each under gevent (as in the
-router), posting the same ``/generate`` body to a benchmark-engine worker at
+``urllib3`` directly, ``geventhttpclient``, or the router's own keep-alive
+connections (``infergate_router.worker_connection``), each under gevent (as
+in the router), posting the same ``/generate`` body to a benchmark-engine worker at
 concurrency 1 and 16. Prints client CPU per request and wall time per
 request; the router's worker client follows the cheapest.
 
@@ -70,7 +71,24 @@ def with_geventhttpclient(url: str) -> Callable[[], bytes]:
     return call
 
 
-CLIENTS = {"requests": with_requests, "urllib3": with_urllib3, "geventhttpclient": with_geventhttpclient}
+def with_worker_connections(url: str) -> Callable[[], bytes]:
+    from infergate_router.worker_connection import WorkerConnections
+
+    parts = urlsplit(url)
+    connections = WorkerConnections(parts.hostname or "127.0.0.1", parts.port or 80, 5, 64, HEADERS)
+
+    def call() -> bytes:
+        return connections.post(parts.path, BODY, 30)[1]
+
+    return call
+
+
+CLIENTS = {
+    "requests": with_requests,
+    "urllib3": with_urllib3,
+    "geventhttpclient": with_geventhttpclient,
+    "worker_connection": with_worker_connections,
+}
 
 
 def measure(call: Callable[[], bytes], concurrency: int, count: int) -> tuple[float, float]:

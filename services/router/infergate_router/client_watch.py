@@ -14,20 +14,24 @@ gone; data (a pipelined request) ends the watch. Everything is stopped as
 soon as the last call watched for returns, before the response is written,
 so the server alone reads the socket afterwards. Elsewhere (the Flask test
 client, threads) nothing is watched.
+
+A look at the socket never waits (:func:`.socket_peek.peek`). A watcher is
+used by one gevent hub only, whose greenlets never switch inside its
+bookkeeping, so it takes no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 from gevent import monkey
+
+from .socket_peek import peek
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,6 @@ class ClientWatcher:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._lock = threading.Lock()
         self._callbacks: dict[int, Callable[[], None]] = {}
         self._next = 0
         self._timer: Any = None
@@ -54,37 +57,33 @@ class ClientWatcher:
         """Whether the client has disconnected already (a check that does
         not wait): a request whose client left while it queued is not
         started on a worker."""
-        return self._look(0) is True
+        return self._look() is True
 
-    def _look(self, timeout_s: float) -> bool | None:
-        """Wait up to ``timeout_s`` for the socket to turn readable: None
-        when it did not, True when the client is gone (a read of nothing, or
-        an error), False when it sent data (a pipelined request)."""
+    def _look(self) -> bool | None:
+        """What the socket holds now: None when nothing (the client is still
+        there), True when the client is gone (a read of nothing, or an
+        error), False when it sent data (a pipelined request)."""
         try:
-            readable, _, _ = select.select([self.sock], [], [], timeout_s)
-            if not readable:
-                return None
-            return not self.sock.recv(1, socket.MSG_PEEK)
+            data = peek(self.sock)
         except (OSError, ValueError):
             return True
+        return None if data is None else not data
 
     def __call__(self, on_gone: Callable[[], None]) -> Callable[[], None]:
-        with self._lock:
-            token = self._next
-            self._next += 1
-            self._callbacks[token] = on_gone
-            if self._timer is None and self._io is None and self._greenlet is None:
-                # A timer of the loop, not a greenlet: most requests end before it fires.
-                self._timer = gevent.get_hub().loop.timer(WATCH_AFTER_S)
-                self._timer.start(self._begin)
+        token = self._next
+        self._next += 1
+        self._callbacks[token] = on_gone
+        if self._timer is None and self._io is None and self._greenlet is None:
+            # A timer of the loop, not a greenlet: most requests end before it fires.
+            self._timer = gevent.get_hub().loop.timer(WATCH_AFTER_S)
+            self._timer.start(self._begin)
 
         def stop() -> None:
-            with self._lock:
-                self._callbacks.pop(token, None)
-                timer = io = greenlet = None
-                if not self._callbacks:
-                    timer, io, greenlet = self._timer, self._io, self._greenlet
-                    self._timer = self._io = self._greenlet = None
+            self._callbacks.pop(token, None)
+            timer = io = greenlet = None
+            if not self._callbacks:
+                timer, io, greenlet = self._timer, self._io, self._greenlet
+                self._timer = self._io = self._greenlet = None
             for watcher in (timer, io):
                 if watcher is not None:
                     watcher.close()
@@ -119,16 +118,15 @@ class ClientWatcher:
             self._greenlet = gevent.spawn(self._check)
 
     def _check(self) -> None:
-        gone = self._look(0)
-        with self._lock:
-            self._greenlet = None
-            if gone is None:
-                # Readable no more (another reader took it): watch again.
-                if self._callbacks:
-                    self._arm()
-                return
-            callbacks = list(self._callbacks.values()) if gone else []
-            self._callbacks.clear()
+        gone = self._look()
+        self._greenlet = None
+        if gone is None:
+            # Readable no more (another reader took it): watch again.
+            if self._callbacks:
+                self._arm()
+            return
+        callbacks = list(self._callbacks.values()) if gone else []
+        self._callbacks.clear()
         if callbacks:
             log.info("client disconnected: cancelling its generation")
         for callback in callbacks:

@@ -33,6 +33,8 @@ class InFlight:
         self._counts: dict[str, int] = {}
         self._full_until: dict[str, float] = {}
         self._room = threading.Condition(self._lock)
+        # Callers in wait_for_room: a release wakes them only when there are any.
+        self._waiting = 0
         self.prefixes = PrefixTable()
         self._model_of: dict[str, str] = {}
         self._on_change = on_change
@@ -85,7 +87,11 @@ class InFlight:
     def wait_for_room(self, timeout_s: float) -> None:
         """Until a request of this process ends somewhere, or ``timeout_s``."""
         with self._room:
-            self._room.wait(timeout_s)
+            self._waiting += 1
+            try:
+                self._room.wait(timeout_s)
+            finally:
+                self._waiting -= 1
 
     def acquire(self, url: str) -> None:
         with self._lock:
@@ -101,7 +107,8 @@ class InFlight:
             else:
                 self._counts.pop(url, None)
             self._full_until.pop(url, None)
-            self._room.notify_all()
+            if self._waiting:
+                self._room.notify_all()
         if self._on_change is not None:
             self._on_change(self._model_of.get(url, ""), -1)
 

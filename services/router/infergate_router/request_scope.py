@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -90,7 +90,8 @@ def open_scope(
     process's background parts started on the first request."""
     given = environ.get("HTTP_X_REQUEST_ID", "")
     client_named = bool(given) and bool(_SAFE_REQUEST_ID.match(given))
-    request_id = given if client_named else uuid.uuid4().hex
+    # 128 random bits in hex, as uuid4().hex but without building a UUID (a quarter of the time).
+    request_id = given if client_named else os.urandom(16).hex()
     scope = RequestScope(services, environ, read_body, request_id, client_named, time.monotonic())
     log_context = request_context(request_id)
     log_context.__enter__()

@@ -1,8 +1,7 @@
-"""Calls to the internal worker API over ``geventhttpclient`` connection
-pools, one per replica and timeout. On the router's hot path it costs a
-fifth of ``requests``' CPU per call and a third of ``urllib3``'s
-(``python -m bench.http_clients`` compares them): a C HTTP parser and
-gevent sockets without another layer of adapters.
+"""Calls to the internal worker API over keep-alive connections, one set
+per replica (:mod:`.worker_connection`: on the router's hot path a call
+costs less CPU there than with ``geventhttpclient``, ``urllib3`` or
+``requests``; ``python -m bench.http_clients`` compares them).
 
 Worker errors come back as the exception the worker raised
 (:func:`infergate_common.errors.from_payload`); transport failures become
@@ -17,16 +16,12 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import orjson
 from gevent import monkey
-from geventhttpclient import HTTPClient
-from geventhttpclient.connectionpool import ConnectionPool
-from geventhttpclient.response import HTTPParseError
 from pydantic import BaseModel, ValidationError
-from urllib3.exceptions import NewConnectionError
 
 from infergate_common.errors import GatewayTimeout, Overloaded, UpstreamError, from_payload
 from infergate_common.internal_auth import auth_header
@@ -44,6 +39,7 @@ from infergate_common.worker_api import (
 
 from . import usage
 from .public_errors import worker_failure
+from .worker_connection import ConnectFailed, WorkerConnections
 
 log = logging.getLogger(__name__)
 
@@ -54,46 +50,13 @@ CANCEL_TIMEOUT_S = 5.0
 STREAM_START_TIMEOUT_S = 30.0
 
 
-class ConnectFailed(OSError):
-    """Opening the connection failed (refused, unresolvable, timed out):
-    nothing was sent."""
-
-
 # Exceptions that mean the connection was never made: nothing was sent.
-NEVER_SENT: tuple[type[BaseException], ...] = (
-    ConnectFailed,
-    ConnectionRefusedError,
-    NewConnectionError,
-    socket.gaierror,
-)
+NEVER_SENT: tuple[type[BaseException], ...] = (ConnectFailed, ConnectionRefusedError, socket.gaierror)
 
 
 class WorkerUnreachable(UpstreamError):
     """The connection to the replica failed before the request was sent, so
     another replica may be tried."""
-
-
-class _Pool(ConnectionPool):
-    def _create_socket(self) -> Any:
-        try:
-            return super()._create_socket()
-        except OSError as exc:
-            raise ConnectFailed(f"cannot connect to {self._connection_host}:{self._connection_port}") from exc
-
-
-class _Client(HTTPClient):
-    """An ``HTTPClient`` whose pool marks connection failures as
-    :class:`ConnectFailed`."""
-
-    def __init__(self, host: str, port: int, connect_timeout_s: float, read_timeout_s: float, size: int):
-        super().__init__(
-            host, port, connection_timeout=connect_timeout_s, network_timeout=read_timeout_s, concurrency=size
-        )
-        self._connection_pool.close()
-        self._connection_pool = _Pool(
-            host, port, host, port, size=size,
-            connection_timeout=connect_timeout_s, network_timeout=read_timeout_s,
-        )  # fmt: skip
 
 
 class WorkerClient:
@@ -115,38 +78,36 @@ class WorkerClient:
         # with real threads (tests, tools), each thread has its own.
         self._shared = monkey.is_module_patched("threading")
         self._local = threading.local()
-        self._clients: dict[tuple[str, float], _Client] = {}
+        self._pools: dict[str, WorkerConnections] = {}
         self._lock = threading.Lock()
 
-    def _client(self, replica: str, timeout_s: float) -> _Client:
-        clients = self._clients if self._shared else self._thread_clients()
-        client = clients.get((replica, timeout_s))
-        if client is None:
+    def _connections(self, replica: str) -> WorkerConnections:
+        pools = self._pools if self._shared else self._thread_pools()
+        pool = pools.get(replica)
+        if pool is None:
             with self._lock:
-                client = clients.get((replica, timeout_s))
-                if client is None:
+                pool = pools.get(replica)
+                if pool is None:
                     parts = urlsplit(replica)
-                    client = _Client(
+                    pool = pools[replica] = WorkerConnections(
                         parts.hostname or "127.0.0.1",
                         parts.port or 80,
                         self.connect_timeout_s,
-                        timeout_s,
                         self.pool_size,
+                        self.headers,
                     )
-                    clients[(replica, timeout_s)] = client
-        return client
+        return pool
 
-    def _thread_clients(self) -> dict[tuple[str, float], _Client]:
-        clients: dict[tuple[str, float], _Client] | None = getattr(self._local, "clients", None)
-        if clients is None:
-            clients = self._local.clients = {}
-        return clients
+    def _thread_pools(self) -> dict[str, WorkerConnections]:
+        pools: dict[str, WorkerConnections] | None = getattr(self._local, "pools", None)
+        if pools is None:
+            pools = self._local.pools = {}
+        return pools
 
     def _post(self, replica: str, path: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
         try:
-            response = self._client(replica, timeout_s).request("POST", path, body=body, headers=self.headers)
-            return response.status_code, response.read()
-        except (OSError, HTTPParseError) as exc:
+            return self._connections(replica).post(path, body, timeout_s)
+        except OSError as exc:
             log.warning("call to worker %s%s failed: %r", replica, path, exc)
             if never_sent(exc):
                 raise WorkerUnreachable("the worker is unreachable") from exc
@@ -217,10 +178,10 @@ class WorkerClient:
 
     def close(self) -> None:
         with self._lock:
-            clients = list(self._clients.values())
-            self._clients.clear()
-        for client in clients:
-            client.close()
+            pools = list(self._pools.values())
+            self._pools.clear()
+        for pool in pools:
+            pool.close()
 
 
 def never_sent(exc: BaseException) -> bool:
