@@ -140,4 +140,26 @@ class FastPath:
             request_cycle.finish(scope, response, route.rule)
         finally:
             request_cycle.end(scope, token)
-        return response(environ, start_response)
+        return start(response, environ, start_response)
+
+
+def start(response: Response, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """``response(environ, start_response)`` for any response; for a whole
+    body in memory (every answer but a stream) its status, headers and body
+    handed over as they are. For such a response werkzeug's own call (a
+    copy of the headers, a look for ``Location`` headers to rewrite, the
+    body wrapped to close it) changes nothing but costs about 14 µs."""
+    headers = response.headers
+    if (
+        response.is_sequence
+        and not response._on_close
+        and not response.direct_passthrough
+        and response.status_code >= 200
+        and response.status_code not in (204, 304)
+        and "Content-Length" in headers
+        and "Location" not in headers
+        and "Content-Location" not in headers
+    ):
+        start_response(response.status, headers.to_wsgi_list())
+        return response.response  # type: ignore[return-value]
+    return response(environ, start_response)

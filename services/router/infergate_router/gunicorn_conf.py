@@ -73,7 +73,9 @@ control_socket_disable = True
 
 def post_worker_init(worker: Any) -> None:
     """Drain on SIGTERM: gunicorn stops accepting, and the app ends its open
-    streams cleanly once the drain time is over (see ``RouterServices.begin_drain``)."""
+    streams cleanly once the drain time is over (see ``RouterServices.begin_drain``).
+    Then what is loaded is frozen out of the cyclic collector's reach."""
+    import gc
     import signal
 
     import gevent
@@ -93,6 +95,10 @@ def post_worker_init(worker: Any) -> None:
     worker.handle_exit = handle_exit
     # gunicorn bound its handler before this hook ran.
     signal.signal(signal.SIGTERM, handle_exit)
+    # What is loaded by now (the app, its modules) lives as long as the
+    # process: the cyclic collector need not walk it again on every full pass.
+    gc.collect()
+    gc.freeze()
 
 
 def _split_bind(value: str) -> tuple[str, int]:

@@ -1,7 +1,8 @@
 """A WSGI app for ``test_http_server.py``: answers every request with the
 request's header-derived environ keys as JSON, so the same raw request can
 be compared under two gunicorn worker classes; ``/bytes?n=N&parts=K``
-streams ``N`` known bytes in ``K`` parts instead (chunked, no length)."""
+streams ``N`` known bytes in ``K`` parts instead (chunked, no length);
+``/dated`` answers with a ``Date`` header of its own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
+
+APP_DATE = "Sun, 06 Nov 1994 08:49:37 GMT"
 
 
 def known_bytes(n: int) -> bytes:
@@ -27,6 +30,9 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         query = parse_qs(environ["QUERY_STRING"])
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return _parts(int(query["n"][0]), int(query["parts"][0]))
+    if environ["PATH_INFO"] == "/dated":
+        start_response("200 OK", [("Date", APP_DATE), ("Content-Length", "0")])
+        return [b""]
     wsgi_input = environ["wsgi.input"]
     body = wsgi_input.read() if environ.get("CONTENT_LENGTH") else b""
     seen = {

@@ -15,12 +15,12 @@ from typing import Any
 import orjson
 import pytest
 from conftest import router_settings
-from flask import Flask
+from flask import Flask, Response
 from router_processes import Stack
 from werkzeug.test import Client, EnvironBuilder, TestResponse, run_wsgi_app
 
 from infergate_router.app import create_app
-from infergate_router.fast_path import EXACT_ROUTES, PATTERN_ROUTES, FastPath, hot_route
+from infergate_router.fast_path import EXACT_ROUTES, PATTERN_ROUTES, FastPath, hot_route, start
 from infergate_router.services import EXTENSION
 
 KEY = "sk-fast-path-test"
@@ -311,3 +311,39 @@ def test_other_requests_reach_flask(app: Flask) -> None:
     assert client.get("/openai/v1/completions", headers=AUTH).status_code == 405
     assert client.get("/v2/models/embed/infer", headers=AUTH).status_code == 405
     assert client.get("/v2/models/embed/ready", headers=AUTH).status_code == 200
+
+
+def _started(call: Any) -> tuple[str, list[tuple[str, str]], bytes]:
+    """What a WSGI server sends for ``call(start_response)``, closing the
+    body afterwards as a server does."""
+    started: list[Any] = []
+    iterable = call(lambda status, headers, exc_info=None: started.append((status, headers)))
+    body = b"".join(iterable)
+    if hasattr(iterable, "close"):
+        iterable.close()
+    return started[0][0], started[0][1], body
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Response(b'{"a": 1}', mimetype="application/json"),
+        lambda: Response("ünï", status=400, headers={"Retry-After": "1", "X-Request-Id": "r"}),
+        lambda: Response(b"", status=204),
+        lambda: Response(b"moved", status=307, headers={"Location": "/elsewhere"}),
+        lambda: Response(b"x", headers={"Content-Location": "/ä"}),
+        lambda: Response(iter([b"a", b"b"]), mimetype="text/event-stream"),
+    ],
+)
+def test_a_response_starts_as_werkzeug_starts_it(make: Any) -> None:
+    environ = EnvironBuilder(path="/openai/v1/completions", method="POST").get_environ()
+    assert _started(lambda sr: start(make(), environ, sr)) == _started(lambda sr: make()(environ, sr))
+
+
+def test_a_response_with_a_close_callback_is_still_closed() -> None:
+    environ = EnvironBuilder(path="/openai/v1/completions", method="POST").get_environ()
+    closed: list[str] = []
+    response = Response(b"{}", mimetype="application/json")
+    response.call_on_close(lambda: closed.append("closed"))
+    assert _started(lambda sr: start(response, environ, sr))[2] == b"{}"
+    assert closed == ["closed"]

@@ -12,11 +12,13 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from environ_echo_app import known_bytes
+from environ_echo_app import APP_DATE, known_bytes
 from gevent import pywsgi
 from router_processes import Process, free_port
 
@@ -81,6 +83,20 @@ def test_too_many_headers_fail_as_in_the_standard_library() -> None:
         http_server.read_headers(io.BytesIO(block))
     with pytest.raises(http.client.HTTPException, match="got more than 100 headers"):
         http.client.parse_headers(io.BytesIO(block))
+
+
+def test_the_date_is_formatted_as_gevent_formats_it_and_moves_on() -> None:
+    first = time.time()
+    value = http_server.http_date()
+    assert value in {pywsgi.format_date_time(int(first)), pywsgi.format_date_time(int(time.time()))}
+    # Once a second has passed, the next value is a new one.
+    deadline = time.monotonic() + 5
+    while int(time.time()) == int(first) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    before = time.time()
+    later = http_server.http_date()
+    assert later != value
+    assert later in {pywsgi.format_date_time(int(before)), pywsgi.format_date_time(int(time.time()))}
 
 
 def test_an_over_long_line_gets_gevents_status() -> None:
@@ -164,6 +180,28 @@ def test_the_access_log_is_written_when_switched_on(echo_servers: tuple[int, int
             return
         time.sleep(0.05)
     raise AssertionError(f"no access-log line for /logged-path in {access_log}")
+
+
+def _head(port: int, path: str) -> list[tuple[str, str]]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    lines = received.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+    return [(name, value.strip()) for name, _, value in (line.partition(":") for line in lines)]
+
+
+def test_the_date_header_is_now_or_the_apps_own(echo_servers: tuple[int, int, Path]) -> None:
+    our_port, stock_port, _ = echo_servers
+    ours, theirs = _head(our_port, "/a"), _head(stock_port, "/a")
+    assert [name for name, _ in ours] == [name for name, _ in theirs]
+    dates = [parsedate_to_datetime(value) for name, value in ours + theirs if name == "Date"]
+    assert len(dates) == 2
+    assert abs(dates[0] - dates[1]) <= timedelta(seconds=1)
+    assert abs(dates[0] - datetime.now(UTC)) <= timedelta(seconds=2)
+    # A Date the app sets is the only one sent.
+    assert [value for name, value in _head(our_port, "/dated") if name == "Date"] == [APP_DATE]
 
 
 def _dechunk(body: bytes) -> bytes:
