@@ -114,9 +114,11 @@ class RouterHandler(PyWSGIHandler):
         return read_headers(rfile)
 
     def finalize_headers(self) -> None:
-        if self.provided_date is None:
-            self.response_headers.append((b"Date", http_date()))
-            self.provided_date = True
+        # gevent's attribute, reset for each response: a Date the app set.
+        if getattr(self, "provided_date", None) is None:
+            date = http_date()
+            self.response_headers.append((b"Date", date))
+            self.provided_date = date
         super().finalize_headers()
 
     def _sendall(self, data: bytes | bytearray) -> None:
