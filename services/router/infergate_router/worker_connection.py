@@ -6,7 +6,7 @@ body of known length (or chunked, or up to the end of the connection).
 Nothing more general is needed, and each step a general client takes costs
 the router CPU on every request: building and merging header objects,
 parser callbacks per header, a timeout object per read. Here the request's
-head is prepared once per path, a request goes out in one write, and the
+fixed header fields are prepared once, a request goes out in one write, and the
 answer is usually read in one ``recv``, its head split with ``bytes``
 methods (``python -m bench.http_clients`` compares this with
 ``geventhttpclient``, ``urllib3`` and ``requests``).
@@ -58,7 +58,6 @@ class WorkerConnections:
         fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         # Everything of a request's head after its request line but its length.
         self._fields = f"Host: {host}:{port}\r\n{fields}Content-Length: ".encode("latin-1")
-        self._heads: dict[str, bytes] = {}
         self._idle: list[socket.socket] = []
         # gevent's (in C) under gevent, where threading's is a Python condition.
         self._slots: Any = (
@@ -70,10 +69,13 @@ class WorkerConnections:
 
     def post(self, path: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
         """The status and body of the answer to a POST of ``body`` to ``path``."""
-        head = self._heads.get(path)
-        if head is None:
-            head = self._heads[path] = f"POST {path} HTTP/1.1\r\n".encode("latin-1") + self._fields
-        message = b"%b%d\r\n\r\n%b" % (head, len(body), body)
+        # One format per call: paths carry request ids (cancels), so nothing is kept per path.
+        message = b"POST %b HTTP/1.1\r\n%b%d\r\n\r\n%b" % (
+            path.encode("latin-1"),
+            self._fields,
+            len(body),
+            body,
+        )
         self._slots.acquire()
         try:
             sock = self._connection()
