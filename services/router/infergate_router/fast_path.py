@@ -156,10 +156,22 @@ def start(response: Response, environ: dict[str, Any], start_response: StartResp
         and not response.direct_passthrough
         and response.status_code >= 200
         and response.status_code not in (204, 304)
-        and "Content-Length" in headers
-        and "Location" not in headers
-        and "Content-Location" not in headers
+        and _length_without_location(headers)
     ):
         start_response(response.status, headers.to_wsgi_list())
         return response.response  # type: ignore[return-value]
     return response(environ, start_response)
+
+
+def _length_without_location(headers: Iterable[tuple[str, str]]) -> bool:
+    """A ``Content-Length`` header and neither ``Location`` nor
+    ``Content-Location``, in one pass (``in`` on werkzeug's headers raises
+    and catches a ``KeyError`` for each name it does not find)."""
+    length = False
+    for name, _ in headers:
+        lowered = name.lower()
+        if lowered == "content-length":
+            length = True
+        elif lowered == "location" or lowered == "content-location":
+            return False
+    return length

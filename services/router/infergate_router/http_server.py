@@ -14,7 +14,7 @@
   buffer size (a ``getsockopt`` call) and sets up its timeout bookkeeping on
   every call: per token of a stream, where the response is one small chunk
   per token. :meth:`RouterHandler._sendall` first offers the bytes to the
-  socket without waiting (it is non-blocking underneath); only what the
+  socket without waiting (:func:`.socket_send.sendall`); only what the
   kernel did not take goes through gevent's ``sendall``, which waits for
   the socket as before. TLS sockets always take gevent's path.
 * **The Date header.** gevent formats it for every response; it changes
@@ -36,9 +36,10 @@ import re
 import time
 from typing import Any
 
-import gevent.socket
 from gevent import pywsgi
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
+
+from . import socket_send
 
 # The standard library's limits (http.client's _MAXLINE and _MAXHEADERS).
 MAX_LINE = 65536
@@ -124,16 +125,8 @@ class RouterHandler(PyWSGIHandler):
     def _sendall(self, data: bytes | bytearray) -> None:
         """gevent's, with the bytes first offered to the non-blocking socket
         underneath (a plain TCP socket only: never under TLS)."""
-        sock = self.socket
         try:
-            sent = 0
-            if type(sock) is gevent.socket.socket:
-                try:
-                    sent = sock._sock.send(data)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-            if sent < len(data):
-                sock.sendall(memoryview(data)[sent:])
+            socket_send.sendall(self.socket, data)
         except OSError as exc:
             # As gevent records a failed write for its log and handling.
             self.status = f"socket error: {exc}"

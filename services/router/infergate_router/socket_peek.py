@@ -17,6 +17,8 @@ from gevent import monkey
 
 # The system call, never gevent's (which yields to the loop).
 _select = monkey.get_original("select", "select")
+# As a plain int: or-ing the two flags (an enum) costs more than the call.
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
 def peek(sock: Any) -> bytes | None:
@@ -31,7 +33,7 @@ def peek(sock: Any) -> bytes | None:
             return None
         raw = sock
     try:
-        data: bytes = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        data: bytes = raw.recv(1, _PEEK_NOW)
     except (BlockingIOError, InterruptedError):
         return None
     return data

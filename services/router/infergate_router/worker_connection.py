@@ -6,7 +6,8 @@ body of known length (or chunked, or up to the end of the connection).
 Nothing more general is needed, and each step a general client takes costs
 the router CPU on every request: building and merging header objects,
 parser callbacks per header, a timeout object per read. Here the request's
-fixed header fields are prepared once, a request goes out in one write, and the
+fixed header fields are prepared once, a request goes out in one write
+(offered to the socket before gevent's ``sendall``, :mod:`.socket_send`), and the
 answer is usually read in one ``recv``, its head split with ``bytes``
 methods (``python -m bench.http_clients`` compares this with
 ``geventhttpclient``, ``urllib3`` and ``requests``).
@@ -27,6 +28,7 @@ from typing import Any
 import gevent.lock
 from gevent import monkey
 
+from . import socket_send
 from .socket_peek import peek
 
 # Bounds of an answer's head: the worker's are a few hundred bytes.
@@ -81,7 +83,7 @@ class WorkerConnections:
             sock = self._connection()
             try:
                 sock.settimeout(timeout_s)
-                sock.sendall(message)
+                socket_send.sendall(sock, message)
                 status, payload, keep = read_response(sock)
             except BaseException:
                 sock.close()
