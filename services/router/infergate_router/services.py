@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
-from . import request_scope
+from . import redis_connections, request_scope
 from .auth.keystore import AdminKeys, KeysFile, KeyStore
 from .auth.limiter import RateLimiter
 from .dispatch import Dispatcher
@@ -54,7 +54,7 @@ class RouterServices:
         )
         # Keys, limits and load reports share one small pool; nothing connects before the first call.
         auth_redis = redis.Redis(
-            connection_pool=redis.BlockingConnectionPool.from_url(
+            connection_pool=redis_connections.blocking_pool(
                 settings.redis_url,
                 max_connections=32,
                 timeout=settings.connect_timeout_s + 2,

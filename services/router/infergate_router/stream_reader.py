@@ -49,6 +49,8 @@ from infergate_common.streams import (
     decode_fields,
 )
 
+from . import redis_connections
+
 log = logging.getLogger(__name__)
 
 WAKE_TTL_S = 600
@@ -148,7 +150,7 @@ class StreamReader:
         if self._commands is None:
             # A blocking pool: a burst of new streams waits for a connection
             # instead of failing when the pool is exhausted.
-            pool = redis.BlockingConnectionPool.from_url(
+            pool = redis_connections.blocking_pool(
                 self.redis_url,
                 max_connections=COMMAND_CONNECTIONS,
                 timeout=self.connect_timeout_s + 2,
@@ -287,7 +289,7 @@ class StreamReader:
         """The reader's own connection, RESP2, with XREAD's reply left as
         redis-py reads it (nested lists): building a dict per entry was a
         tenth of the relay's CPU."""
-        client = redis.Redis.from_url(
+        client = redis_connections.client(
             self.redis_url,
             socket_connect_timeout=self.connect_timeout_s,
             socket_timeout=self.block_ms / 1000 + self.connect_timeout_s + 2,
