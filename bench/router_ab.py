@@ -148,6 +148,9 @@ def main() -> int:
     record = {"a": f"{head} (working tree)", "b": args.base, "mode": args.mode, "requests": args.requests,
               "rounds": args.rounds, "results": results}  # fmt: skip
     out = ROOT / "bench" / "results" / f"router-ab-{args.mode}-{time.strftime('%Y-%m-%d-%H%M')}.json"
+    if out.exists():
+        # Two runs finished in one minute (a run can take half of one): never write over the first.
+        out = out.with_name(f"router-ab-{args.mode}-{time.strftime('%Y-%m-%d-%H%M%S')}.json")
     out.write_text(json.dumps(record, indent=2) + "\n")
     for level, values in results.items():
         for name in ("A", "B"):
