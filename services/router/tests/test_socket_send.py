@@ -10,12 +10,16 @@ import socket
 import gevent
 import gevent.socket
 import pytest
+from environ_echo_app import known_bytes
 
 from infergate_router import socket_send
 
 
-def known_bytes(n: int) -> bytes:
-    return bytes(i % 251 for i in range(n))
+def _room(a: gevent.socket.socket, b: gevent.socket.socket) -> int:
+    """What the kernel holds for the pair at most: a's send buffer and b's receive buffer."""
+    return int(
+        a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) + b.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    )
 
 
 def _read_exactly(sock: gevent.socket.socket, n: int) -> bytes:
@@ -40,10 +44,7 @@ def test_a_write_larger_than_the_socket_takes_waits_for_room_and_arrives_in_orde
     with a, b:
         # More than the kernel can hold for this pair at once: the first
         # offer is cut short, the rest goes through gevent's sendall.
-        room = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) + b.getsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVBUF
-        )
-        data = known_bytes(4 * room)
+        data = known_bytes(4 * _room(a, b))
         a.settimeout(10)
         reader = gevent.spawn(_read_exactly, b, len(data))
         socket_send.sendall(a, bytearray(data))
@@ -53,13 +54,10 @@ def test_a_write_larger_than_the_socket_takes_waits_for_room_and_arrives_in_orde
 def test_a_write_that_cannot_finish_in_time_times_out() -> None:
     a, b = gevent.socket.socketpair()
     with a, b:
-        room = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) + b.getsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVBUF
-        )
         a.settimeout(0.2)
         # Nobody reads b: the part the kernel did not take waits, then times out.
         with pytest.raises(TimeoutError):
-            socket_send.sendall(a, known_bytes(4 * room))
+            socket_send.sendall(a, known_bytes(4 * _room(a, b)))
 
 
 def test_a_standard_library_socket_takes_its_own_sendall() -> None:
