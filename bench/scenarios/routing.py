@@ -5,7 +5,10 @@ time per replica), and many users sharing a few long system prompts
 (streamed chat through the router). The same workload runs under each
 routing policy, set through the registry's ``PUT .../routing``; for each,
 the time to first token and the load balance (each replica's time-averaged
-requests in flight: busiest over mean)."""
+requests in flight: busiest over mean). Last, one more replica joins under
+prefix-aware (scale-out), and the run reports its share of the requests:
+the system prompts are all known by then, so only the table's rebalancing
+gives it any."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ NAME = "routing"
 MODEL = "prefix"
 POLICIES = ("fewest_in_flight", "session_affinity", "prefix_aware")
 REPLICAS = 4
+JOINED = f"prefix_aware, a replica joined ({REPLICAS + 1} replicas)"
 SYSTEM_PROMPTS = 8
 SYSTEM_WORDS = 400
 USERS = 64
@@ -97,6 +101,22 @@ def _balance(before: list[dict[str, Any]], after: list[dict[str, Any]], wall_s: 
     }
 
 
+def _requests(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[int]:
+    """Requests each replica served between two snapshots."""
+    return [
+        a.get("load", {}).get("requests", 0) - b.get("load", {}).get("requests", 0)
+        for b, a in zip(before, after, strict=True)
+    ]
+
+
+def worker_args(stats_file: Path) -> list[str]:
+    return [
+        "--tokens", str(TOKENS), "--token_interval_ms", "2",
+        "--prefix_cache_blocks", str(CACHE_BLOCKS), "--prefix_block_tokens", str(BLOCK_TOKENS),
+        "--prefill_ms_per_token", str(PREFILL_MS_PER_TOKEN), "--stats_file", str(stats_file),
+    ]  # fmt: skip
+
+
 def _set_policy(registry_url: str, policy: str) -> None:
     response = requests.put(
         f"{registry_url}/registry/models/{MODEL}/routing", json={"routing_policy": policy}, timeout=5
@@ -125,39 +145,45 @@ def run(ctx: Context) -> ScenarioResult:
             return result
         files = [workdir / f"replica-{i}.json" for i in range(REPLICAS)]
         for path in files:
-            stack.null_worker(
-                MODEL, "--tokens", str(TOKENS), "--token_interval_ms", "2",
-                "--prefix_cache_blocks", str(CACHE_BLOCKS), "--prefix_block_tokens", str(BLOCK_TOKENS),
-                "--prefill_ms_per_token", str(PREFILL_MS_PER_TOKEN), "--stats_file", str(path),
-            )  # fmt: skip
+            stack.null_worker(MODEL, *worker_args(path))
         stack.wait_routable(MODEL)
         registry_url = stack.stack.registry_url
         call = chat_call(stack.router_url)
 
-        for policy in POLICIES:
-            _set_policy(registry_url, policy)
+        def measure(label: str) -> list[int]:
             # The registry's change message drops the router's cache at once;
             # the warm-up also lets the caches settle under this policy.
             time.sleep(0.5)
-            run_async(fresh_run(call, CONCURRENCY, 4 * CONCURRENCY, duration, label=f"{policy} warm-up"))
+            run_async(fresh_run(call, CONCURRENCY, 4 * CONCURRENCY, duration, label=f"{label} warm-up"))
             before = _stats(files)
             started = time.monotonic()
-            measured = run_async(fresh_run(call, CONCURRENCY, count, duration, label=policy))
+            measured = run_async(fresh_run(call, CONCURRENCY, count, duration, label=label))
             wall = time.monotonic() - started
             after = _stats(files)
             summary = measured.summary()
-            summary["group"] = policy
+            summary["group"] = label
             result.runs.append(summary)
-            result.rows.append(
-                {
-                    "policy": policy,
-                    "ttft_p50_ms": ms(summary, "ttft_ms", "p50"),
-                    "ttft_p99_ms": ms(summary, "ttft_ms", "p99"),
-                    "requests_per_s": summary["requests_per_s"],
-                    **_balance(before, after, wall),
-                    "errors": summary["errors"],
-                }
-            )
+            row = {
+                "policy": label,
+                "ttft_p50_ms": ms(summary, "ttft_ms", "p50"),
+                "ttft_p99_ms": ms(summary, "ttft_ms", "p99"),
+                "requests_per_s": summary["requests_per_s"],
+                **_balance(before, after, wall),
+                "errors": summary["errors"],
+            }
+            result.rows.append(row)
+            return _requests(before, after)
+
+        for policy in POLICIES:
+            _set_policy(registry_url, policy)
+            measure(policy)
+
+        # Scale-out: one more replica joins while prefix-aware knows every prompt.
+        files.append(workdir / f"replica-{REPLICAS}.json")
+        stack.null_worker(MODEL, *worker_args(files[-1]))
+        served = measure(JOINED)
+        newcomer_share = served[-1] / sum(served) if sum(served) else None
+        result.rows[-1]["newcomer_share"] = None if newcomer_share is None else round(newcomer_share, 3)
 
     rows = {row["policy"]: row for row in result.rows}
     fewest, prefix = rows.get("fewest_in_flight", {}), rows.get("prefix_aware", {})

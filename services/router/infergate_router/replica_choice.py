@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from infergate_common.errors import Overloaded, ServiceUnavailable
 from infergate_common.registry_api import ModelRecord, ReplicaRecord
@@ -74,8 +74,12 @@ class InFlight:
         open_ = [r for r in ready if r.url not in skip and self.has_room(r, now)]
         if not open_:
             raise Overloaded(f"every replica of model {model.name} is busy")
+        # Ready but passed over now: under prefix-aware they keep their prefixes.
+        passed_over: Collection[str] = ()
+        if len(open_) < len(ready):
+            passed_over = {r.url for r in ready} - {r.url for r in open_}
         chosen = choose_replica(
-            model.routing_policy, open_, self.count, current_hint(), self.prefixes, model.name
+            model.routing_policy, open_, self.count, current_hint(), self.prefixes, model.name, passed_over
         )
         self._model_of[chosen.url] = model.name
         return chosen

@@ -34,8 +34,26 @@ out): a new prefix goes to the replica holding the fewest prefixes (ties
 in the key's rendezvous order, so router processes that see prefixes in the
 same order agree), and stays there, within the load bound, as SGLang's
 cache-aware router sends an unmatched prompt to the worker with the
-smallest cache tree. A request without a key falls back to
-fewest-in-flight.
+smallest cache tree. Three more rules keep that table fair and its caches
+warm:
+
+* A prefix over its owner's bound spills to the **least loaded** other
+  replica (ties in the key's order), not to the key's next replica in
+  order. The spilled request's prefill is uncached wherever it lands; sent
+  to a replica about as busy as the owner, it made that replica slower
+  still, that replica spilled in turn and evicted its own prefixes, and the
+  caches stayed cold for the rest of the run (the routing benchmark saw a
+  quarter of its runs end with one replica idle and three churning).
+* A replica that is ready but momentarily passed over (full, or already
+  tried for this request) keeps its prefixes; only a replica that left the
+  ready set loses them.
+* A replica holding ``REBALANCE_GAP`` or more prefixes fewer than the
+  prefix's owner takes the prefix over, within the bound: a replica that
+  joins (scale-out, a restart) gets its share of a workload whose few
+  prefixes are all known, instead of only its spills. Each move costs that
+  prefix one uncached prefill, and moves stop once the counts are even.
+
+A request without a key falls back to fewest-in-flight.
 
 The key of the current request is read from a context variable set at the
 protocol edge (:func:`set_route_hint`), so the dispatcher's calls to
@@ -50,7 +68,7 @@ import functools
 import hashlib
 import random
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -67,9 +85,12 @@ PREFIX_CHARS = 512
 # bound holds at every choice; a tighter one (1.25) spilled so often in the
 # routing benchmark that the spill targets' caches churned and the time-
 # averaged balance got worse, not better (bench/scenarios/routing.py
-# measures it: 1.13 busiest over mean with 1.5 here).
+# measures the busiest replica's time-averaged load over the mean).
 LOAD_FACTOR = 1.5
 LOAD_SLACK = 2.0
+# Prefix-aware: a replica holding this many prefixes fewer than a prefix's
+# owner takes it over (one apart is as even as an odd count gets).
+REBALANCE_GAP = 2
 # Prefixes remembered per process (a few hundred bytes each).
 PREFIX_TABLE_SIZE = 10_000
 
@@ -225,22 +246,35 @@ def prefix_owner(
     model: str,
     load_factor: float = LOAD_FACTOR,
     slack: float = LOAD_SLACK,
+    members: Collection[str] = (),
 ) -> ReplicaRecord:
     """The replica that holds ``key``'s prefix, within the load bound; a
-    new prefix goes to the replica holding the fewest."""
+    new prefix goes to the replica holding the fewest. ``ready`` are the
+    replicas open to this request; ``members`` the URLs of any others that
+    are ready but passed over now (full, already tried), which keep their
+    prefixes."""
     if len(ready) == 1:
         return ready[0]
     loads = {r.url: count(r.url) for r in ready}
     cap = _bound(loads, load_factor, slack)
     order = _rendezvous(ready, key)
-    owner = table.owner(model, key)
-    if owner is not None and owner in loads:
-        if loads[owner] + 1 <= cap:
-            return next(r for r in ready if r.url == owner)
-        # Over the bound: spill along the key's order, keep the owner.
-        return _first_within([r for r in order if r.url != owner], loads, cap)
     rank = {r.url: i for i, r in enumerate(order)}
     by_held = sorted(order, key=lambda r: (table.held(r.url), rank[r.url]))
+    owner = table.owner(model, key)
+    if owner is not None and (owner in loads or owner in members):
+        fewest = by_held[0]
+        if (
+            owner in loads
+            and table.held(owner) - table.held(fewest.url) >= REBALANCE_GAP
+            and loads[fewest.url] + 1 <= cap
+        ):
+            table.assign(model, key, fewest.url)
+            return fewest
+        if owner in loads and loads[owner] + 1 <= cap:
+            return next(r for r in ready if r.url == owner)
+        # Over the bound, or passed over: spill to the least loaded other
+        # replica (ties in the key's order); the owner stays the owner.
+        return min((r for r in order if r.url != owner), key=lambda r: loads[r.url])
     chosen = _first_within(by_held, loads, cap)
     table.assign(model, key, chosen.url)
     return chosen
@@ -253,11 +287,13 @@ def choose_replica(
     hint: RouteHint | None,
     table: PrefixTable,
     model: str,
+    members: Collection[str] = (),
 ) -> ReplicaRecord:
-    """One of ``ready`` (not empty) under ``policy``."""
+    """One of ``ready`` (not empty) under ``policy``; ``members`` are the
+    URLs of the model's ready replicas passed over for this request."""
     if hint is not None:
         if policy == RoutingPolicy.PREFIX_AWARE and hint.prefix:
-            return prefix_owner(ready, count, hint.prefix, table, model)
+            return prefix_owner(ready, count, hint.prefix, table, model, members=members)
         if policy == RoutingPolicy.SESSION_AFFINITY and hint.session:
             return bounded_hash(ready, count, hint.session)
     return fewest_in_flight(ready, count)
