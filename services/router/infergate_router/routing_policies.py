@@ -42,8 +42,9 @@ warm:
   order. The spilled request's prefill is uncached wherever it lands; sent
   to a replica about as busy as the owner, it made that replica slower
   still, that replica spilled in turn and evicted its own prefixes, and the
-  caches stayed cold for the rest of the run (the routing benchmark saw a
-  quarter of its runs end with one replica idle and three churning).
+  caches stayed cold for the rest of the run (3 of 5 routing benchmark
+  runs missed their balance target that way: one replica idle, three
+  churning).
 * A replica that is ready but momentarily passed over (full, or already
   tried for this request) keeps its prefixes; only a replica that left the
   ready set loses them.
@@ -258,11 +259,9 @@ def prefix_owner(
     loads = {r.url: count(r.url) for r in ready}
     cap = _bound(loads, load_factor, slack)
     order = _rendezvous(ready, key)
-    rank = {r.url: i for i, r in enumerate(order)}
-    by_held = sorted(order, key=lambda r: (table.held(r.url), rank[r.url]))
     owner = table.owner(model, key)
     if owner is not None and (owner in loads or owner in members):
-        fewest = by_held[0]
+        fewest = min(order, key=lambda r: table.held(r.url))  # ties: the first in the key's order
         if (
             owner in loads
             and table.held(owner) - table.held(fewest.url) >= REBALANCE_GAP
@@ -275,7 +274,8 @@ def prefix_owner(
         # Over the bound, or passed over: spill to the least loaded other
         # replica (ties in the key's order); the owner stays the owner.
         return min((r for r in order if r.url != owner), key=lambda r: loads[r.url])
-    chosen = _first_within(by_held, loads, cap)
+    # Fewest prefixes held first; the sort is stable, so ties keep the key's order.
+    chosen = _first_within(sorted(order, key=lambda r: table.held(r.url)), loads, cap)
     table.assign(model, key, chosen.url)
     return chosen
 
