@@ -79,20 +79,19 @@ def _stats(files: list[Path]) -> list[dict[str, Any]]:
     return out
 
 
+def _delta(before: dict[str, Any], after: dict[str, Any], section: str, field: str) -> float:
+    """How much one replica's ``section.field`` counter grew between two snapshots."""
+    return float(after.get(section, {}).get(field, 0) - before.get(section, {}).get(field, 0))
+
+
 def _balance(before: list[dict[str, Any]], after: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     means = []
-    prompt = cached = 0
+    prompt = cached = 0.0
     for b, a in zip(before, after, strict=True):
-        area = a.get("load", {}).get("in_flight_seconds", 0.0) - b.get("load", {}).get(
-            "in_flight_seconds", 0.0
-        )
+        area = _delta(b, a, "load", "in_flight_seconds")
         means.append(area / wall_s if wall_s else 0.0)
-        prompt += a.get("prefix_cache", {}).get("prompt_tokens", 0) - b.get("prefix_cache", {}).get(
-            "prompt_tokens", 0
-        )
-        cached += a.get("prefix_cache", {}).get("cached_tokens", 0) - b.get("prefix_cache", {}).get(
-            "cached_tokens", 0
-        )
+        prompt += _delta(b, a, "prefix_cache", "prompt_tokens")
+        cached += _delta(b, a, "prefix_cache", "cached_tokens")
     mean = sum(means) / len(means) if means else 0.0
     return {
         "in_flight_per_replica": [round(m, 2) for m in means],
@@ -103,10 +102,7 @@ def _balance(before: list[dict[str, Any]], after: list[dict[str, Any]], wall_s: 
 
 def _requests(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[int]:
     """Requests each replica served between two snapshots."""
-    return [
-        a.get("load", {}).get("requests", 0) - b.get("load", {}).get("requests", 0)
-        for b, a in zip(before, after, strict=True)
-    ]
+    return [int(_delta(b, a, "load", "requests")) for b, a in zip(before, after, strict=True)]
 
 
 def worker_args(stats_file: Path) -> list[str]:
@@ -163,15 +159,16 @@ def run(ctx: Context) -> ScenarioResult:
             summary = measured.summary()
             summary["group"] = label
             result.runs.append(summary)
-            row = {
-                "policy": label,
-                "ttft_p50_ms": ms(summary, "ttft_ms", "p50"),
-                "ttft_p99_ms": ms(summary, "ttft_ms", "p99"),
-                "requests_per_s": summary["requests_per_s"],
-                **_balance(before, after, wall),
-                "errors": summary["errors"],
-            }
-            result.rows.append(row)
+            result.rows.append(
+                {
+                    "policy": label,
+                    "ttft_p50_ms": ms(summary, "ttft_ms", "p50"),
+                    "ttft_p99_ms": ms(summary, "ttft_ms", "p99"),
+                    "requests_per_s": summary["requests_per_s"],
+                    **_balance(before, after, wall),
+                    "errors": summary["errors"],
+                }
+            )
             return _requests(before, after)
 
         for policy in POLICIES:

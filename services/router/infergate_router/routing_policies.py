@@ -247,20 +247,20 @@ def prefix_owner(
     model: str,
     load_factor: float = LOAD_FACTOR,
     slack: float = LOAD_SLACK,
-    members: Collection[str] = (),
+    passed_over: Collection[str] = (),
 ) -> ReplicaRecord:
     """The replica that holds ``key``'s prefix, within the load bound; a
     new prefix goes to the replica holding the fewest. ``ready`` are the
-    replicas open to this request; ``members`` the URLs of any others that
-    are ready but passed over now (full, already tried), which keep their
-    prefixes."""
+    replicas open to this request; ``passed_over`` the URLs of any others
+    that are ready but passed over now (full, already tried), which keep
+    their prefixes."""
     if len(ready) == 1:
         return ready[0]
     loads = {r.url: count(r.url) for r in ready}
     cap = _bound(loads, load_factor, slack)
     order = _rendezvous(ready, key)
     owner = table.owner(model, key)
-    if owner is not None and (owner in loads or owner in members):
+    if owner is not None and (owner in loads or owner in passed_over):
         fewest = min(order, key=lambda r: table.held(r.url))  # ties: the first in the key's order
         if (
             owner in loads
@@ -287,13 +287,13 @@ def choose_replica(
     hint: RouteHint | None,
     table: PrefixTable,
     model: str,
-    members: Collection[str] = (),
+    passed_over: Collection[str] = (),
 ) -> ReplicaRecord:
-    """One of ``ready`` (not empty) under ``policy``; ``members`` are the
-    URLs of the model's ready replicas passed over for this request."""
+    """One of ``ready`` (not empty) under ``policy``; ``passed_over`` are
+    the URLs of the model's ready replicas left out for this request."""
     if hint is not None:
         if policy == RoutingPolicy.PREFIX_AWARE and hint.prefix:
-            return prefix_owner(ready, count, hint.prefix, table, model, members=members)
+            return prefix_owner(ready, count, hint.prefix, table, model, passed_over=passed_over)
         if policy == RoutingPolicy.SESSION_AFFINITY and hint.session:
             return bounded_hash(ready, count, hint.session)
     return fewest_in_flight(ready, count)

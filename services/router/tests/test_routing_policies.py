@@ -150,7 +150,7 @@ def test_a_ready_owner_passed_over_for_one_request_keeps_its_prefix() -> None:
     table = PrefixTable()
     owner = _owners(REPLICAS, table, 8)[0]
     open_ = [r for r in REPLICAS if r.url != owner]
-    elsewhere = prefix_owner(open_, _idle, "system prompt 0", table, "m", members={owner})
+    elsewhere = prefix_owner(open_, _idle, "system prompt 0", table, "m", passed_over={owner})
     assert elsewhere.url != owner and table.owner("m", "system prompt 0") == owner
     assert prefix_owner(REPLICAS, _idle, "system prompt 0", table, "m").url == owner
     inflight = InFlight()
