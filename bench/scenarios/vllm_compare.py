@@ -2,17 +2,23 @@
 same tiny Llama, same engine settings, 1, 8 and 32 concurrent streaming
 clients (OpenAI completions, ``ignore_eos``, greedy). Output tokens/s
 ratio, and the time to first token and inter-token latency our path adds
-(p50, p99). The two servers run one after the other, never together.
+(p50, p99). Both servers are up for the whole comparison but never
+serve at the same time: each repetition runs one side, then the other (the
+order swaps every repetition), and a repetition's ratio compares the two
+runs next to each other, so a machine that slows down or speeds up during
+the comparison weighs on both alike.
 
-Each level runs at least ``MIN_REQUESTS`` requests, ``REPS`` times per
-server; a row gives the median of the repetitions and their spread
-(min-max), so one stall does not decide the result."""
+Each level runs at least ``MIN_REQUESTS`` requests (``WAVES`` waves of
+``c`` at the higher levels), ``REPS`` times per server; a row gives the
+median of the repetitions and their spread (min-max), so one stall does
+not decide the result."""
 
 from __future__ import annotations
 
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,9 @@ from ..stacks import ROOT, BenchStack, Process, free_port
 NAME = "vllm"
 LEVELS = (1, 8, 32)
 MIN_REQUESTS = 100
+# At 32 streams 100 requests are three waves and the ramp-up and the last,
+# partial wave weigh on the rate; ten waves of c settle it.
+WAVES = 10
 REPS = 3
 PROFILE_REQUESTS = 200
 PROFILE_ATTACH_S = 2.0
@@ -83,11 +92,38 @@ def _rep(call: Call, c: int, count: int, duration: float, roots: dict[str, int])
 
 
 Sweep = list[list[dict[str, Any]]]
+THEIRS = "vllm"
+OURS = "ours"
 
 
-def _sweep(call: Call, requests_per_level: int, duration: float, roots: dict[str, int]) -> Sweep:
-    """Per level, ``REPS`` runs of ``requests_per_level`` requests (or ``duration``)."""
-    return [[_rep(call, c, max(requests_per_level, c), duration, roots) for _ in range(REPS)] for c in LEVELS]
+@dataclass(frozen=True)
+class Side:
+    """One server of the comparison: its requests and the roots of the
+    process trees whose CPU counts as its serving CPU."""
+
+    call: Call
+    roots: dict[str, int]
+
+
+def requests_for(c: int, requests_per_level: int) -> int:
+    return max(requests_per_level, WAVES * c)
+
+
+def _sweep(sides: dict[str, Side], requests_per_level: int, duration: float) -> dict[str, Sweep]:
+    """Per level, ``REPS`` repetitions; each runs both sides one after the
+    other, ``requests_for(c)`` requests (or ``duration``) each, the first
+    side swapping every repetition."""
+    swept: dict[str, Sweep] = {name: [] for name in sides}
+    for c in LEVELS:
+        for reps in swept.values():
+            reps.append([])
+        for rep in range(REPS):
+            order = list(sides) if rep % 2 == 0 else list(reversed(sides))
+            for name in order:
+                side = sides[name]
+                count = requests_for(c, requests_per_level)
+                swept[name][-1].append(_rep(side.call, c, count, duration, side.roots))
+    return swept
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -149,17 +185,19 @@ Split = tuple[set[int], set[int]] | None
 
 
 def _layouts(
-    call: Call, requests_per_level: int, duration: float, roots: dict[str, int], split: Split
-) -> dict[str, Sweep]:
+    sides: dict[str, Side], requests_per_level: int, duration: float, split: Split
+) -> dict[str, dict[str, Sweep]]:
     """The sweep with the engine on cores of its own (when there are two),
     then with every process on every core."""
-    swept: dict[str, Sweep] = {}
+    swept: dict[str, dict[str, Sweep]] = {}
     if split is not None:
-        with CorePinner(roots.values(), *split) as pinner:
-            swept[OWN_CORES] = _sweep(call, requests_per_level, duration, roots)
-        if not pinner.engine_processes:
-            raise RuntimeError(f"no {ENGINE_TITLE.decode()} process found to pin under {roots}")
-    swept[SHARED] = _sweep(call, requests_per_level, duration, roots)
+        roots = {pid for side in sides.values() for pid in side.roots.values()}
+        with CorePinner(roots, *split) as pinner:
+            swept[OWN_CORES] = _sweep(sides, requests_per_level, duration)
+        if len(pinner.engine_processes) < len(sides):
+            found = f"{len(pinner.engine_processes)} {ENGINE_TITLE.decode()} processes"
+            raise RuntimeError(f"{found} under {roots}, fewer than one per server")
+    swept[SHARED] = _sweep(sides, requests_per_level, duration)
     return swept
 
 
@@ -263,30 +301,31 @@ def run(ctx: Context) -> ScenarioResult:
             return result
         server, vllm_url = _vllm_server(stack, model_dir)
         try:
-            theirs = _layouts(
-                stream_call("vllm openai server", vllm_url, MODEL, tokens),
-                requests_per_level,
-                duration,
-                {"vllm api server": server.pid, **_stack_pids(stack)},
-                split,
-            )
+            cmd = [str(VLLM_PY), "-m", "infergate_worker_vllm", "--backend", "vllm", "--model_name", MODEL,
+                   "--model_id", str(model_dir), *ENGINE_FLAGS]  # fmt: skip
+            worker = stack.start_worker(MODEL, cmd, timeout_s=300)
+            try:
+                stack.wait_routable(MODEL)
+                sides = {
+                    THEIRS: Side(
+                        stream_call("vllm openai server", vllm_url, MODEL, tokens),
+                        {"vllm api server": server.pid, **_stack_pids(stack)},
+                    ),
+                    OURS: Side(
+                        stream_call("router + worker-vllm", f"{stack.router_url}/openai/v1", MODEL, tokens),
+                        {"worker-vllm": worker.process.pid, **_stack_pids(stack)},
+                    ),
+                }
+                swept = _layouts(sides, requests_per_level, duration, split)
+                if ctx.profile:
+                    _profile(ctx, result, stack, worker.process.pid, sides[OURS].call, duration)
+            finally:
+                stack.stop_worker(worker)
         finally:
             server.stop()
-        cmd = [str(VLLM_PY), "-m", "infergate_worker_vllm", "--backend", "vllm", "--model_name", MODEL,
-               "--model_id", str(model_dir), *ENGINE_FLAGS]  # fmt: skip
-        worker = stack.start_worker(MODEL, cmd, timeout_s=300)
-        try:
-            stack.wait_routable(MODEL)
-            call = stream_call("router + worker-vllm", f"{stack.router_url}/openai/v1", MODEL, tokens)
-            roots = {"worker-vllm": worker.process.pid, **_stack_pids(stack)}
-            ours = _layouts(call, requests_per_level, duration, roots, split)
-            if ctx.profile:
-                _profile(ctx, result, stack, worker.process.pid, call, duration)
-        finally:
-            stack.stop_worker(worker)
 
-    for layout in theirs:
-        rows = _rows(result, layout, theirs[layout], ours[layout])
+    for layout, by_side in swept.items():
+        rows = _rows(result, layout, by_side[THEIRS], by_side[OURS])
         result.rows += rows
         result.targets += _targets(rows, layout)
     return result
