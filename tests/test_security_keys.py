@@ -199,6 +199,41 @@ def test_a_requests_limit_holds_across_processes_and_pods(keyed: Keyed) -> None:
     assert remaining == list(range(limit))
 
 
+def _window(keyed: Keyed, key_id: str, kind: str) -> int:
+    client = keyed.stack.redis.client()
+    try:
+        values = client.hgetall(f"{keyed.stack.prefix}:ratelimit:key:{key_id}:{kind}")
+        return sum(int(v) for v in values.values())
+    finally:
+        client.close()
+
+
+def test_a_busy_key_is_counted_exactly_when_its_processes_stop(keyed: Keyed) -> None:
+    """Requests of a busy key are admitted from blocks of its limit that
+    each router process reserves in Redis (counted there as used until
+    admitted or given back). Once a pod has stopped, the window holds
+    exactly the requests it admitted and the tokens they used: what was
+    left of its block and the tokens it counted itself reached Redis before
+    it exited (through its flusher, or its ``worker_exit`` hook for a block
+    younger than a second)."""
+    key = keyed.create("--name", "busy", "--rpm", "100000", "--tpm", "10000000")
+    key_id = keyed.key_id(key)
+    pod = keyed.stack.start_extra_router(workers=1, env={"INFERGATE_DRAIN_S": "0"})
+    process = keyed.stack.extra_routers.pop()
+    try:
+        started = time.monotonic()
+        responses = [post(pod, key, chat()) for _ in range(10)]
+        assert [r.status_code for r in responses] == [200] * 10
+        assert _window(keyed, key_id, "requests") > 10, "no block was reserved"
+    finally:
+        process.stop(grace_s=15)
+    stopped_s = time.monotonic() - started
+    # Read at once: the process is gone, and a block it had not given back
+    # would stay counted until it aged out of the window (60 s).
+    assert _window(keyed, key_id, "requests") == 10, f"stopped {stopped_s:.2f} s after the block was reserved"
+    assert _window(keyed, key_id, "tokens") == sum(r.json()["usage"]["total_tokens"] for r in responses)
+
+
 def test_the_openai_sdk_sees_the_rate_limit_headers(keyed: Keyed) -> None:
     key = keyed.create("--name", "sdk", "--rpm", "2", "--tpm", "100000")
     client = sdk(keyed.pods[1], key)
@@ -215,15 +250,6 @@ def test_the_openai_sdk_sees_the_rate_limit_headers(keyed: Keyed) -> None:
     assert caught.value.code == "rate_limit_exceeded"
     assert 1 <= int(caught.value.response.headers["retry-after"]) <= 60
     assert caught.value.response.headers["x-ratelimit-remaining-requests"] == "0"
-
-
-def _window_tokens(keyed: Keyed, key_id: str) -> int:
-    client = keyed.stack.redis.client()
-    try:
-        values = client.hgetall(f"{keyed.stack.prefix}:ratelimit:key:{key_id}:tokens")
-        return sum(int(v) for v in values.values())
-    finally:
-        client.close()
 
 
 def test_a_token_limit_settles_from_real_usage(keyed: Keyed) -> None:
@@ -248,9 +274,9 @@ def test_a_token_limit_settles_from_real_usage(keyed: Keyed) -> None:
             used.append(response.json()["usage"]["total_tokens"])
         # Settled once the response was sent: wait for it before the next request.
         deadline = time.monotonic() + 5
-        while _window_tokens(keyed, key_id) != sum(used):
+        while _window(keyed, key_id, "tokens") != sum(used):
             assert time.monotonic() < deadline, (
-                f"usage {sum(used)} not settled: {_window_tokens(keyed, key_id)}"
+                f"usage {sum(used)} not settled: {_window(keyed, key_id, 'tokens')}"
             )
             time.sleep(0.01)
     assert refused is not None, "the token limit never refused"

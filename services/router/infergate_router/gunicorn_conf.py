@@ -101,6 +101,17 @@ def post_worker_init(worker: Any) -> None:
     gc.freeze()
 
 
+def worker_exit(server: Any, worker: Any) -> None:
+    """A worker on its way out sends Redis the tokens it counted itself and
+    gives back what is left of its blocks of rate limits (see
+    ``auth/reservations.py``), instead of holding them until they age out."""
+    from infergate_router.services import EXTENSION
+
+    services = getattr(worker.wsgi, "extensions", {}).get(EXTENSION)
+    if services is not None:
+        services.limiter.flush()
+
+
 def _split_bind(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host or "0.0.0.0", int(port)

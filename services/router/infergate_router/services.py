@@ -142,6 +142,8 @@ class RouterServices:
         self.reader.stop()
         self.workers.close()
         self.directory.close()
+        # Tokens counted here and blocks of limits not used up go back first.
+        self.limiter.flush()
         self.limiter.client.connection_pool.disconnect()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from router_processes import RedisServer, Stack, free_port
 from infergate_common.api_keys import KeyLimits
 from infergate_common.errors import ServiceUnavailable
 from infergate_router.app import create_app
+from infergate_router.auth import reservations
 from infergate_router.auth.limiter import RateLimiter, Scope, duration
 from infergate_router.services import EXTENSION
 
@@ -90,6 +91,144 @@ def test_redis_unreachable_fails_closed_or_open() -> None:
     assert RateLimiter(dead, "x", 30, fail_open=True).admit([scope(rpm=1)], "m") is None
 
 
+def _counted(limiter: RateLimiter, key: Scope, kind: str = "requests") -> int:
+    values = limiter.client.hgetall(f"{limiter.prefix}:ratelimit:{key.name}:{kind}")
+    return sum(int(v) for v in values.values())
+
+
+def _until(condition: Callable[[], bool], what: str, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_busy_key_is_admitted_from_a_block_counted_in_redis(limiter: RateLimiter) -> None:
+    key = scope(rpm=10_000)
+    first = limiter.admit([key], "m0")
+    assert first is not None and first.allowed and not first.local
+    # One request, and a block of MOST more counted for this process to admit.
+    assert _counted(limiter, key) == 1 + reservations.MOST
+    assert first.usage[0].requests == 1
+    rest = [limiter.admit([key], f"m{i}") for i in range(1, 1 + reservations.MOST)]
+    assert all(d is not None and d.allowed and d.local for d in rest)
+    # The caller's count moves one by one, as if each had gone to Redis.
+    assert [d.usage[0].requests for d in rest if d] == list(range(2, 2 + reservations.MOST))
+    assert _counted(limiter, key) == 1 + reservations.MOST
+    # The block is used up: the next request goes to Redis again (and gets a new block).
+    after = limiter.admit([key], "next")
+    assert after is not None and after.allowed and not after.local
+    assert _counted(limiter, key) == 2 + 2 * reservations.MOST
+
+
+def test_what_a_block_leaves_is_given_back(limiter: RateLimiter, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reservations, "LIFE_S", 0.3)
+    key = scope(rpm=10_000)
+    for i in range(5):
+        assert (limiter.admit([key], f"m{i}") or pytest.fail()).allowed
+    assert _counted(limiter, key) == 1 + reservations.MOST
+    # Past the block's life the rest is subtracted again: five requests counted.
+    _until(lambda: _counted(limiter, key) == 5, "the unused part of the block was not given back")
+    later = limiter.admit([key], "later")
+    assert later is not None and not later.local and later.usage[0].requests == 6
+
+
+def test_blocks_never_pass_the_limit_across_processes(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reservations, "LIFE_S", 0.2)
+    prefix = f"rl{uuid.uuid4().hex[:8]}"
+    clients = [redis.Redis.from_url(redis_server.url) for _ in range(2)]
+    processes = [RateLimiter(c, prefix, lease_s=30, fail_open=False) for c in clients]
+    key = scope(rpm=300)
+    admitted = 0
+    try:
+        # Two processes take turns until both are refused after every block is back.
+        deadline = time.monotonic() + 20
+        refused_in_a_row = 0
+        i = 0
+        while refused_in_a_row < 4:
+            assert time.monotonic() < deadline, f"admitted {admitted}"
+            decision = processes[i % 2].admit([key], f"m{i}")
+            i += 1
+            assert decision is not None
+            if decision.allowed:
+                admitted += 1
+                refused_in_a_row = 0
+                continue
+            refused_in_a_row += 1
+            time.sleep(0.1)
+            for process in processes:
+                process.flush()
+        assert admitted == 300
+        assert _counted(processes[0], key) == 300
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_tokens_of_requests_from_a_block_reach_redis(limiter: RateLimiter) -> None:
+    key = scope(rpm=10_000, tpm=1_000_000)
+    first = limiter.admit([key], "a")
+    assert first is not None and not first.local
+    limiter.settle([key], "a", 100)
+    local = limiter.admit([key], "b")
+    assert local is not None and local.local
+    limiter.settle([key], "b", 40)
+    limiter.settle([key], "b2", 2)
+    # Counted here at once, in Redis within FLUSH_S.
+    state = (limiter.admit([key], "c") or pytest.fail()).usage[0]
+    assert state.tokens == 142
+    _until(lambda: _counted(limiter, key, "tokens") == 142, "the tokens did not reach Redis")
+
+
+def test_a_block_is_not_used_near_the_token_limit(limiter: RateLimiter) -> None:
+    tpm = reservations.TOKEN_FLOOR
+    key = scope(tpm=tpm)
+    assert not (limiter.admit([key], "a") or pytest.fail()).local
+    assert (limiter.admit([key], "b") or pytest.fail()).local
+    # Within 1/SHARE of the limit every request is checked in Redis again.
+    limiter.settle([key], "b", tpm - tpm // reservations.SHARE)
+    _until(lambda: _counted(limiter, key, "tokens") == tpm - tpm // reservations.SHARE, "tokens not sent")
+    near = limiter.admit([key], "c")
+    assert near is not None and near.allowed and not near.local
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"rpm": reservations.SHARE},
+        {"rpm": 10_000, "max_concurrent": 5},
+        {"tpm": reservations.TOKEN_FLOOR - 1},
+    ],
+    ids=["a limit too small to share", "a concurrency limit", "a token limit under the floor"],
+)
+def test_some_scopes_are_checked_in_redis_for_every_request(
+    limiter: RateLimiter, limits: dict[str, int]
+) -> None:
+    key = scope(**limits)
+    decisions = [limiter.admit([key], f"m{i}") for i in range(4)]
+    assert all(d is not None and d.allowed and not d.local for d in decisions)
+    if "rpm" in limits:
+        assert _counted(limiter, key) == 4
+    # A scope without a block makes its companions go to Redis too.
+    busy = scope(rpm=10_000)
+    limiter.admit([busy], "warm")
+    assert (limiter.admit([busy], "busy") or pytest.fail()).local
+    together = limiter.admit([busy, key], "both")
+    assert together is not None and not together.local
+
+
+def test_changed_limits_are_not_admitted_from_an_old_block(limiter: RateLimiter) -> None:
+    key = scope(rpm=10_000)
+    limiter.admit([key], "a")
+    assert (limiter.admit([key], "b") or pytest.fail()).local
+    lowered = Scope(key.name, KeyLimits(rpm=3))
+    decision = limiter.admit([lowered], "c")
+    # In Redis, against the new limit (the old block is still counted there).
+    assert decision is not None and not decision.local and not decision.allowed
+
+
 def test_reset_durations_read_like_openai() -> None:
     assert duration(20) == "20ms"
     assert duration(1500) == "1.5s"
@@ -150,6 +289,27 @@ def test_429_in_each_shape_with_retry_after_and_headers(limited_app, stack: Stac
     assert v1.status_code == 429 and isinstance(v1.json["error"], str) and "Retry-After" in v1.headers
     # Listing models is not an inference request: not counted, not refused.
     assert client.get("/openai/v1/models", headers=auth).status_code == 200
+
+
+def test_headers_count_down_one_by_one_from_a_block(stack: Stack, tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"keys": [{"id": "busy", "key": "key-busy", "rpm": 1000, "tpm": 1_000_000}]}))
+    app = create_app(router_settings(stack, api_keys_file=str(path)))
+    try:
+        client = app.test_client()
+        auth = {"Authorization": "Bearer key-busy"}
+        remaining, used = [], 0
+        for _ in range(5):
+            response = client.post("/openai/v1/chat/completions", json=chat(), headers=auth)
+            assert response.status_code == 200
+            remaining.append(int(response.headers["x-ratelimit-remaining-requests"]))
+            used += response.json["usage"]["total_tokens"]
+            response.close()
+        assert remaining == [999, 998, 997, 996, 995]
+        # Every request's tokens reach the window, those admitted in the process too.
+        _until(lambda: _window_tokens(stack, "busy") == used, "the tokens were not all counted")
+    finally:
+        app.extensions[EXTENSION].close()
 
 
 def _window_tokens(stack: Stack, key_id: str) -> int:

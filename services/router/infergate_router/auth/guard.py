@@ -10,7 +10,8 @@ request's :class:`~..request_scope.RequestScope` holds what they decide).
    with the key's id, so a client can neither collide with nor address
    another key's streams.
 3. :func:`admit` (when an inference request has found its model): one
-   round trip to the limiter; 429 with ``Retry-After`` when full.
+   round trip to the limiter, or none when the process holds a block of
+   the limit (:mod:`.reservations`); 429 with ``Retry-After`` when full.
 4. :func:`finish` (after the request): the ``x-ratelimit-*`` headers, and
    the usage settled once the response has been sent (a stream settles when
    it closes, see :func:`stream_settler`).
@@ -18,6 +19,7 @@ request's :class:`~..request_scope.RequestScope` holds what they decide).
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 from flask import Response
 
-from infergate_common.api_keys import ApiKeyRecord
+from infergate_common.api_keys import ApiKeyRecord, KeyLimits
 from infergate_common.errors import AuthenticationFailed, InfergateError, ServiceUnavailable
 from infergate_common.internal_auth import bearer
 
@@ -68,6 +70,8 @@ class Admission:
     member: str
     decision: Decision | None
     tokens: usage.TokenCount = field(default_factory=usage.TokenCount)
+    # Settled without a round trip (no in-flight slot to free; see RateLimiter.settles_here).
+    settles_here: bool = False
     settled: bool = False
     # Set when a stream took over settling.
     handed_off: bool = False
@@ -118,11 +122,17 @@ def owner() -> str:
     return principal().namespace
 
 
+@functools.lru_cache(maxsize=4096)
+def _key_scope(key_id: str, rpm: int | None, tpm: int | None, max_concurrent: int | None) -> Scope:
+    """A key's scope, built once per key and set of limits (not per request)."""
+    return Scope(f"key:{key_id}", KeyLimits(rpm=rpm, tpm=tpm, max_concurrent=max_concurrent))
+
+
 def _scopes(request: RequestScope, model: str) -> list[Scope]:
     scopes = []
     record = (request.principal or ANONYMOUS).record
     if record is not None and (record.rpm or record.tpm or record.max_concurrent):
-        scopes.append(Scope(f"key:{record.id}", record.limits()))
+        scopes.append(_key_scope(record.id, record.rpm, record.tpm, record.max_concurrent))
     model_limits = request.services.settings.model_limits.get(model)
     if model_limits is not None and model_limits.any():
         scopes.append(Scope(f"model:{model}", model_limits))
@@ -137,10 +147,12 @@ def admit(model: str) -> None:
     scopes = _scopes(request, model)
     if not scopes:
         return
-    member = f"{request.request_id}:{uuid.uuid4().hex[:12]}"
     limiter = request.services.limiter
+    here = limiter.settles_here(scopes)
+    # The request's member of the in-flight sets, where a scope limits concurrency.
+    member = "" if here else f"{request.request_id}:{uuid.uuid4().hex[:12]}"
     decision = limiter.admit(scopes, member)
-    admission = Admission(limiter, scopes, member, decision, request.usage)
+    admission = Admission(limiter, scopes, member, decision, request.usage, settles_here=here)
     request.admission = admission
     if decision is not None and not decision.allowed:
         admission.settled = True
@@ -187,15 +199,21 @@ def _rate_headers(response: Response, admission: Admission) -> None:
         limits = state.limits
         if not (limits.rpm or limits.tpm):
             continue
-        headers = response.headers
+        # Names no other step sets: added, not looked for first.
+        added: list[tuple[str, str]] = []
         if limits.rpm:
-            headers["x-ratelimit-limit-requests"] = str(limits.rpm)
-            headers["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - state.requests))
-            headers["x-ratelimit-reset-requests"] = duration(state.requests_reset_ms)
+            added += (
+                ("x-ratelimit-limit-requests", str(limits.rpm)),
+                ("x-ratelimit-remaining-requests", str(max(0, limits.rpm - state.requests))),
+                ("x-ratelimit-reset-requests", duration(state.requests_reset_ms)),
+            )
         if limits.tpm:
-            headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - state.tokens))
-            headers["x-ratelimit-reset-tokens"] = duration(state.tokens_reset_ms)
+            added += (
+                ("x-ratelimit-limit-tokens", str(limits.tpm)),
+                ("x-ratelimit-remaining-tokens", str(max(0, limits.tpm - state.tokens))),
+                ("x-ratelimit-reset-tokens", duration(state.tokens_reset_ms)),
+            )
+        response.headers.extend(added)
         break
     if not decision.allowed:
         response.headers["Retry-After"] = str(retry_after_s(decision.retry_after_ms))
@@ -209,8 +227,12 @@ def finish(request: RequestScope, response: Response) -> Response:
     if admission is not None:
         _rate_headers(response, admission)
         if not admission.handed_off and not admission.settled:
-            # After the body is sent: the client does not wait for Redis.
-            response.call_on_close(admission.settle)
+            if admission.settles_here:
+                # No round trip: the tokens are counted here and sent later.
+                admission.settle()
+            else:
+                # After the body is sent: the client does not wait for Redis.
+                response.call_on_close(admission.settle)
             admission.handed_off = True
     return response
 

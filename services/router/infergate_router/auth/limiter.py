@@ -16,6 +16,11 @@ response, so :data:`SETTLE` adds them (and frees the in-flight slot) once
 it has been sent; a request is admitted while its scope has used fewer
 tokens than its limit, so a long request may overshoot the limit by its
 own size, and the next ones wait.
+
+A busy scope without a concurrency limit is mostly admitted in the router
+process itself, from blocks of its limit :data:`ADMIT` reserves
+(:mod:`.reservations`); tokens of those requests reach Redis through
+:data:`SYNC`, for every scope at once.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import redis
 from infergate_common.api_keys import KeyLimits
 from infergate_common.errors import ServiceUnavailable
 
+from . import reservations
+
 log = logging.getLogger(__name__)
 
 WINDOW_S = 60
@@ -41,6 +48,7 @@ local now = sec + tonumber(t[2]) / 1000000
 local WINDOW = 60
 local member = ARGV[1]
 local lease = tonumber(ARGV[2])
+local share = tonumber(ARGV[3])
 local scopes = #KEYS / 3
 
 -- usage in the window; when it falls below limit; when it is all gone
@@ -73,7 +81,7 @@ end
 local allowed, retry = 1, 0
 local seen = {}
 for i = 0, scopes - 1 do
-    local rpm, tpm, conc = tonumber(ARGV[3 + i * 3]), tonumber(ARGV[4 + i * 3]), tonumber(ARGV[5 + i * 3])
+    local rpm, tpm, conc = tonumber(ARGV[4 + i * 4]), tonumber(ARGV[5 + i * 4]), tonumber(ARGV[6 + i * 4])
     local r_used, r_empty, t_used, t_empty, inflight = 0, now, 0, now, 0
     if rpm > 0 then
         local free_at
@@ -90,18 +98,24 @@ for i = 0, scopes - 1 do
         inflight = redis.call('ZCARD', KEYS[i * 3 + 3])
         if inflight >= conc then allowed = 0; retry = math.max(retry, 1) end
     end
-    seen[i + 1] = {r_used, r_empty, t_used, t_empty, inflight}
+    seen[i + 1] = {r_used, r_empty, t_used, t_empty, inflight, 0}
 end
 
 if allowed == 1 then
     for i = 0, scopes - 1 do
-        local rpm, conc = tonumber(ARGV[3 + i * 3]), tonumber(ARGV[5 + i * 3])
+        local rpm, conc = tonumber(ARGV[4 + i * 4]), tonumber(ARGV[6 + i * 4])
+        local want = tonumber(ARGV[7 + i * 4])
+        -- A block of further requests for the process to admit itself: at
+        -- most a share of what is left after this one (none near the limit).
+        local block = want
         if rpm > 0 then
-            redis.call('HINCRBY', KEYS[i * 3 + 1], t[1], 1)
+            block = math.max(0, math.min(want, math.floor((rpm - seen[i + 1][1] - 1) / share)))
+            redis.call('HINCRBY', KEYS[i * 3 + 1], t[1], 1 + block)
             redis.call('EXPIRE', KEYS[i * 3 + 1], WINDOW + 5)
-            seen[i + 1][1] = seen[i + 1][1] + 1
+            seen[i + 1][1] = seen[i + 1][1] + 1 + block
             seen[i + 1][2] = math.max(seen[i + 1][2], sec + WINDOW)
         end
+        seen[i + 1][6] = block
         if conc > 0 then
             redis.call('ZADD', KEYS[i * 3 + 3], now + lease, member)
             redis.call('EXPIRE', KEYS[i * 3 + 3], math.ceil(lease) + 5)
@@ -110,7 +124,7 @@ if allowed == 1 then
     end
 end
 
-local out = {allowed, math.ceil(retry * 1000)}
+local out = {allowed, math.ceil(retry * 1000), sec}
 for i = 1, scopes do
     local s = seen[i]
     out[#out + 1] = s[1]
@@ -118,6 +132,7 @@ for i = 1, scopes do
     out[#out + 1] = s[3]
     out[#out + 1] = math.max(0, math.ceil((s[4] - now) * 1000))
     out[#out + 1] = s[5]
+    out[#out + 1] = s[6]
 end
 return out
 """
@@ -135,6 +150,30 @@ for i = 0, #KEYS / 2 - 1 do
 end
 return 1
 """
+
+# Tokens of requests admitted from blocks, and what is left of blocks past
+# their life: per entry two keys (requests, tokens) and three numbers (tokens
+# to add, requests to give back, the second they were counted in).
+SYNC = """
+local t = redis.call('TIME')
+for i = 0, #KEYS / 2 - 1 do
+    local tokens, back = tonumber(ARGV[1 + i * 3]), tonumber(ARGV[2 + i * 3])
+    if tokens > 0 then
+        redis.call('HINCRBY', KEYS[i * 2 + 2], t[1], tokens)
+        redis.call('EXPIRE', KEYS[i * 2 + 2], 65)
+    end
+    if back > 0 then
+        local second = ARGV[3 + i * 3]
+        local counted = tonumber(redis.call('HGET', KEYS[i * 2 + 1], second) or '0')
+        local take = math.min(counted, back)
+        if take > 0 then redis.call('HINCRBY', KEYS[i * 2 + 1], second, -take) end
+    end
+end
+return 1
+"""
+PER_SCOPE = 6
+# Scopes whose Redis key names are kept formatted.
+KEY_NAMES_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -162,6 +201,8 @@ class Decision:
     allowed: bool
     retry_after_ms: int
     usage: list[Usage]
+    # Admitted from this process's blocks (settled here, not in Redis).
+    local: bool = False
 
 
 class RateLimiter:
@@ -172,15 +213,36 @@ class RateLimiter:
         self.fail_open = fail_open
         self._admit = client.register_script(ADMIT)
         self._settle = client.register_script(SETTLE)
+        self._sync = client.register_script(SYNC)
         self._warned_at = 0.0
+        self._key_names: dict[str, tuple[str, str, str]] = {}
+        self.blocks = reservations.Blocks(self._send)
 
     def _keys(self, scope: Scope) -> tuple[str, str, str]:
-        base = f"{self.prefix}:ratelimit:{scope.name}"
-        return f"{base}:requests", f"{base}:tokens", f"{base}:inflight"
+        keys = self._key_names.get(scope.name)
+        if keys is None:
+            base = f"{self.prefix}:ratelimit:{scope.name}"
+            keys = f"{base}:requests", f"{base}:tokens", f"{base}:inflight"
+            if len(self._key_names) >= KEY_NAMES_KEPT:
+                self._key_names.clear()
+            self._key_names[scope.name] = keys
+        return keys
 
     @staticmethod
-    def _numbers(limits: KeyLimits) -> list[int]:
-        return [limits.rpm or 0, limits.tpm or 0, limits.max_concurrent or 0]
+    def _numbers(limits: KeyLimits, want: int) -> list[int]:
+        return [limits.rpm or 0, limits.tpm or 0, limits.max_concurrent or 0, want]
+
+    def _send(self, entries: list[reservations.SyncEntry]) -> None:
+        keys: list[str] = []
+        args: list[str | int] = []
+        for requests_key, tokens_key, tokens, back, second in entries:
+            keys += (requests_key, tokens_key)
+            args += (tokens, back, second)
+        self._sync(keys=keys, args=args)
+
+    def flush(self) -> None:
+        """Send what this process owes Redis now (at shutdown)."""
+        self.blocks.flush()
 
     def _unreachable(self, exc: Exception) -> None:
         if self.fail_open:
@@ -192,27 +254,92 @@ class RateLimiter:
         raise ServiceUnavailable("rate limits cannot be checked right now; try again shortly") from exc
 
     def admit(self, scopes: list[Scope], member: str) -> Decision | None:
-        """Count the request in every scope, or none of them when one is full.
+        """Count the request in every scope, or none of them when one is full:
+        from this process's blocks when every scope has one, else in Redis.
         None when Redis is unreachable and the policy is to fail open."""
+        names = [scope.name for scope in scopes]
+        limits = [scope.limits for scope in scopes]
+        local = self._from_blocks(names, limits)
+        if local is not None:
+            return local
+        if not all(reservations.reservable(scope_limits) for scope_limits in limits):
+            return self._in_redis(scopes, member, 0)
+        # One request of the process asks Redis for new blocks; the others
+        # that ran out meanwhile wait for its answer instead of each asking.
+        refill = self.blocks.refill(names)
+        if refill is None:
+            local = self._from_blocks(names, limits)
+            if local is not None:
+                return local
+            return self._in_redis(scopes, member, 0)
+        try:
+            return self._in_redis(scopes, member, reservations.MOST)
+        finally:
+            refill.done()
+
+    def _from_blocks(self, names: list[str], limits: list[KeyLimits]) -> Decision | None:
+        counted = self.blocks.take(names, limits)
+        if counted is None:
+            return None
+        usage = [
+            Usage(
+                scope_limits, state.requests, state.requests_reset_ms, state.tokens, state.tokens_reset_ms, 0
+            )
+            for scope_limits, state in zip(limits, counted, strict=True)
+        ]
+        return Decision(True, 0, usage, local=True)
+
+    def _in_redis(self, scopes: list[Scope], member: str, want: int) -> Decision | None:
+        """ADMIT, asking for blocks of ``want`` requests (0: none)."""
         keys: list[str] = []
-        args: list[str | int | float] = [member, self.lease_s]
+        args: list[str | int | float] = [member, self.lease_s, reservations.SHARE]
         for scope in scopes:
             keys.extend(self._keys(scope))
-            args.extend(self._numbers(scope.limits))
+            args.extend(self._numbers(scope.limits, want))
         try:
             reply = self._admit(keys=keys, args=args)
         except (redis.RedisError, OSError) as exc:
             self._unreachable(exc)
             return None
         values = [int(v) for v in reply]
-        usage = [
-            Usage(scope.limits, *values[2 + i * 5 : 7 + i * 5])  # type: ignore[arg-type]
-            for i, scope in enumerate(scopes)
-        ]
+        second = str(values[2])
+        usage = []
+        for i, scope in enumerate(scopes):
+            requests, requests_reset, tokens, tokens_reset, inflight, block = values[
+                3 + i * PER_SCOPE : 3 + (i + 1) * PER_SCOPE
+            ]
+            # The block's requests are still this caller's to make.
+            usage.append(
+                Usage(scope.limits, requests - block, requests_reset, tokens, tokens_reset, inflight)
+            )
+            if block > 0:
+                counted = reservations.Counted(requests, requests_reset, tokens, tokens_reset)
+                until = time.monotonic() + reservations.LIFE_S
+                requests_key, tokens_key, _ = self._keys(scope)
+                held = reservations.Block(
+                    scope.limits, (requests_key, tokens_key), second, until, block, counted
+                )
+                self.blocks.hold(scope.name, held)
         return Decision(bool(values[0]), values[1], usage)
+
+    @staticmethod
+    def settles_here(scopes: list[Scope]) -> bool:
+        """Whether a request in ``scopes`` is settled without a round trip:
+        none has an in-flight slot to free, so its tokens are counted in
+        the process's blocks at once and reach Redis within ``FLUSH_S``."""
+        return all(reservations.reservable(scope.limits) for scope in scopes)
+
+    def settle_local(self, scopes: list[Scope], tokens: int) -> None:
+        """Add a request's tokens here (sent to Redis within ``FLUSH_S``)."""
+        counted = [scope for scope in scopes if scope.limits.tpm]
+        keys = [self._keys(scope)[:2] for scope in counted]
+        self.blocks.settle([scope.name for scope in counted], keys, tokens)
 
     def settle(self, scopes: list[Scope], member: str, tokens: int) -> None:
         """Add the request's tokens and free its in-flight slot."""
+        if self.settles_here(scopes):
+            self.settle_local(scopes, tokens)
+            return
         keys: list[str] = []
         args: list[str | int | float] = [member, max(0, tokens)]
         for scope in scopes:
