@@ -80,7 +80,10 @@ class Admission:
         if self.settled:
             return
         self.settled = True
-        self.limiter.settle(self.scopes, self.member, self.tokens.total)
+        if self.settles_here:
+            self.limiter.settle_local(self.scopes, self.tokens.total)
+        else:
+            self.limiter.settle(self.scopes, self.member, self.tokens.total)
 
 
 def authenticate() -> None:

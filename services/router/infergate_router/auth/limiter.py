@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis
 
@@ -184,9 +185,9 @@ class Scope:
     limits: KeyLimits
 
 
-@dataclass(frozen=True)
-class Usage:
-    """One scope's state after an admission, for the ``x-ratelimit-*`` headers."""
+class Usage(NamedTuple):
+    """One scope's state after an admission, for the ``x-ratelimit-*`` headers
+    (a named tuple: one is made per scope of every request)."""
 
     limits: KeyLimits
     requests: int
@@ -196,8 +197,7 @@ class Usage:
     inflight: int
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     retry_after_ms: int
     usage: list[Usage]
@@ -281,12 +281,7 @@ class RateLimiter:
         counted = self.blocks.take(names, limits)
         if counted is None:
             return None
-        usage = [
-            Usage(
-                scope_limits, state.requests, state.requests_reset_ms, state.tokens, state.tokens_reset_ms, 0
-            )
-            for scope_limits, state in zip(limits, counted, strict=True)
-        ]
+        usage = [Usage(scope_limits, *state, 0) for scope_limits, state in zip(limits, counted, strict=True)]
         return Decision(True, 0, usage, local=True)
 
     def _in_redis(self, scopes: list[Scope], member: str, want: int) -> Decision | None:

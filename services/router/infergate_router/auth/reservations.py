@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from infergate_common.api_keys import KeyLimits
 
@@ -58,8 +59,7 @@ def reservable(limits: KeyLimits) -> bool:
     return bool(limits.rpm or limits.tpm)
 
 
-@dataclass(frozen=True)
-class Counted:
+class Counted(NamedTuple):
     """A scope's window as Redis returned it with a block (the block counted)."""
 
     requests: int
