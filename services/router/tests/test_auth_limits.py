@@ -229,6 +229,30 @@ def test_changed_limits_are_not_admitted_from_an_old_block(limiter: RateLimiter)
     assert decision is not None and not decision.local and not decision.allowed
 
 
+def test_what_redis_did_not_take_is_sent_when_it_answers_again() -> None:
+    sent: list[reservations.SyncEntry] = []
+    redis_away = True
+
+    def sync(entries: list[reservations.SyncEntry]) -> None:
+        if redis_away:
+            raise redis.ConnectionError("Redis is away")
+        sent.extend(entries)
+
+    blocks = reservations.Blocks(sync)
+    keys = ("k:requests", "k:tokens")
+    blocks.settle(["key:k"], [keys], 5)
+    blocks.settle(["key:k"], [keys], 7)
+    blocks.flush()
+    assert sent == []
+    redis_away = False
+    blocks.settle(["key:k"], [keys], 1)
+    # Sent by the process's flusher within FLUSH_S: every token once, summed.
+    _until(lambda: sum(entry[2] for entry in sent) == 13, f"sent {sent}")
+    time.sleep(3 * reservations.FLUSH_S)
+    assert sum(entry[2] for entry in sent) == 13
+    assert {entry[:2] for entry in sent} == {keys}
+
+
 def test_reset_durations_read_like_openai() -> None:
     assert duration(20) == "20ms"
     assert duration(1500) == "1.5s"

@@ -48,6 +48,8 @@ LIFE_S = 1.0
 FLUSH_S = 0.1
 # Tokens-per-minute limits below this are checked in Redis for every request.
 TOKEN_FLOOR = 100_000
+# While Redis does not answer, the failed sends are logged this often.
+WARN_EVERY_S = 10.0
 
 
 def reservable(limits: KeyLimits) -> bool:
@@ -135,6 +137,7 @@ class Blocks:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._started = False
+        self._warned_at = -WARN_EVERY_S
 
     def take(self, names: list[str], limits: list[KeyLimits]) -> list[Counted] | None:
         """One request admitted from the blocks of every named scope, with
@@ -206,7 +209,9 @@ class Blocks:
             with self._lock:
                 for (requests_key, tokens_key, second), (tokens, back) in owed.items():
                     self._owe(requests_key, tokens_key, second, tokens, back)
-            log.warning("rate-limit updates not sent to Redis (kept for the next try): %s", exc)
+            if now - self._warned_at >= WARN_EVERY_S:
+                self._warned_at = now
+                log.warning("rate-limit updates not sent to Redis (kept for the next try): %s", exc)
 
     def _owe(self, requests_key: str, tokens_key: str, second: str, tokens: int, back: int) -> None:
         """Under the lock."""
