@@ -133,6 +133,17 @@ def test_what_a_block_leaves_is_given_back(limiter: RateLimiter, monkeypatch: py
     assert later is not None and not later.local and later.usage[0].requests == 6
 
 
+def test_a_stopping_process_gives_back_its_blocks_at_once(limiter: RateLimiter) -> None:
+    key = scope(rpm=10_000, tpm=1_000_000)
+    for i in range(3):
+        limiter.admit([key], f"m{i}")
+        limiter.settle([key], f"m{i}", 10)
+    assert _counted(limiter, key) == 1 + reservations.MOST
+    # What services.close() and gunicorn's worker_exit call: the block is young, yet given back.
+    limiter.flush()
+    assert (_counted(limiter, key), _counted(limiter, key, "tokens")) == (3, 30)
+
+
 def test_blocks_never_pass_the_limit_across_processes(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -241,8 +241,9 @@ class RateLimiter:
         self._sync(keys=keys, args=args)
 
     def flush(self) -> None:
-        """Send what this process owes Redis now (at shutdown)."""
-        self.blocks.flush()
+        """As the process stops: send Redis the tokens counted here and give
+        back what is left of every block."""
+        self.blocks.flush(release=True)
 
     def _unreachable(self, exc: Exception) -> None:
         if self.fail_open:

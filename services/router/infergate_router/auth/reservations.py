@@ -177,7 +177,8 @@ class Blocks:
         self._started_and_awake()
 
     def settle(self, names: list[str], keys: list[tuple[str, str]], tokens: int) -> None:
-        """Tokens of a request admitted from blocks, owed to each scope's window."""
+        """Tokens of a request settled in the process (``RateLimiter.settles_here``),
+        owed to each scope's window and counted in the scope's block."""
         if tokens <= 0:
             return
         with self._lock:
@@ -188,12 +189,13 @@ class Blocks:
                 self._owe(requests_key, tokens_key, "", tokens, 0)
         self._started_and_awake()
 
-    def flush(self) -> None:
-        """Send what is owed now: tokens, and what is left of blocks past their life."""
+    def flush(self, release: bool = False) -> None:
+        """Send what is owed now: tokens, and what is left of blocks past
+        their life (of every block with ``release``, as the process stops)."""
         now = time.monotonic()
         with self._lock:
             for name, block in list(self._held.items()):
-                if now >= block.until or block.left <= 0:
+                if release or now >= block.until or block.left <= 0:
                     del self._held[name]
                     self._give_back(block)
             owed, self._owed = self._owed, {}
