@@ -19,8 +19,9 @@ own size, and the next ones wait.
 
 A busy scope without a concurrency limit is mostly admitted in the router
 process itself, from blocks of its limit :data:`ADMIT` reserves
-(:mod:`.reservations`); tokens of those requests reach Redis through
-:data:`SYNC`, for every scope at once.
+(:mod:`.reservations`); the tokens of requests in such scopes are counted
+in the process and reach Redis through :data:`SYNC`, for every scope at
+once, instead of through :data:`SETTLE`.
 """
 
 from __future__ import annotations
@@ -152,9 +153,10 @@ end
 return 1
 """
 
-# Tokens of requests admitted from blocks, and what is left of blocks past
-# their life: per entry two keys (requests, tokens) and three numbers (tokens
-# to add, requests to give back, the second they were counted in).
+# Tokens of requests settled in the process (RateLimiter.settles_here), and
+# what is left of blocks past their life: per entry two keys (requests,
+# tokens) and three numbers (tokens to add, requests to give back, the second
+# they were counted in).
 SYNC = """
 local t = redis.call('TIME')
 for i = 0, #KEYS / 2 - 1 do
@@ -201,7 +203,7 @@ class Decision(NamedTuple):
     allowed: bool
     retry_after_ms: int
     usage: list[Usage]
-    # Admitted from this process's blocks (settled here, not in Redis).
+    # Admitted from this process's blocks, without a round trip.
     local: bool = False
 
 
