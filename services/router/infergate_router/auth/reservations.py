@@ -11,14 +11,15 @@ Every request admitted here was counted in Redis before it was admitted,
 so a requests-per-minute limit holds exactly across processes and pods; a
 block held by one process can refuse another's request for at most
 ``LIFE_S``, and only near the limit, where blocks shrink to nothing and
-every request goes to Redis again (a limit below ``SHARE`` requests never
-gets one).
+every request goes to Redis again (a limit of ``SHARE`` requests or fewer
+never gets one).
 
-Tokens are known only after the response. Those of requests admitted here
-are added to the window within ``FLUSH_S`` (one script call for all
-scopes, :data:`~.limiter.SYNC`), and a block is used only while the
-scope's tokens (as Redis returned them with the block, plus those of
-requests admitted from it) are ``1/SHARE`` of the limit or more below it.
+Tokens are known only after the response. Those of a request whose scopes
+can all be reserved (whether it was admitted here or in Redis) are counted
+in the process at once and added to the window within ``FLUSH_S`` (one
+script call for all scopes, :data:`~.limiter.SYNC`). A block is used only
+while the scope's tokens (as Redis returned them with the block, plus those
+counted in the process since) are ``1/SHARE`` of the limit or more below it.
 A tokens-per-minute limit may then be passed by what the other processes
 used within one block's life; limits under ``TOKEN_FLOOR`` are checked in
 Redis request by request. Scopes with a concurrency limit never get a
@@ -78,7 +79,7 @@ class Block:
     until: float  # monotonic
     left: int
     counted: Counted
-    # Tokens of requests admitted from this block, settled here since.
+    # Tokens counted in the process since the block was reserved.
     tokens: int = 0
 
     def usable(self, limits: KeyLimits, now: float) -> bool:
