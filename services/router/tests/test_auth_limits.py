@@ -230,6 +230,20 @@ def test_some_scopes_are_checked_in_redis_for_every_request(
     assert together is not None and not together.local
 
 
+def test_a_scope_too_small_for_a_block_does_not_wait_for_another_request(limiter: RateLimiter) -> None:
+    small = scope(rpm=reservations.SHARE)
+    # Another request of the process is asking Redis for blocks of the same scope.
+    asking = limiter.blocks.refill([small.name])
+    assert asking is not None
+    try:
+        start = time.monotonic()
+        decision = limiter.admit([small], "m")
+        assert time.monotonic() - start < reservations.REFILL_WAIT_S / 2
+        assert decision is not None and decision.allowed and not decision.local
+    finally:
+        asking.done()
+
+
 def test_changed_limits_are_not_admitted_from_an_old_block(limiter: RateLimiter) -> None:
     key = scope(rpm=10_000)
     limiter.admit([key], "a")

@@ -54,10 +54,15 @@ WARN_EVERY_S = 10.0
 
 
 def reservable(limits: KeyLimits) -> bool:
-    """Whether requests of a scope with ``limits`` may be admitted from a block."""
+    """Whether requests of a scope with ``limits`` may be admitted from a
+    block. A requests limit of ``SHARE`` or fewer never leaves room for one:
+    such a scope goes to Redis at once, without waiting for another
+    request's try."""
     if limits.max_concurrent:
         return False
     if limits.tpm and limits.tpm < TOKEN_FLOOR:
+        return False
+    if limits.rpm and limits.rpm <= SHARE:
         return False
     return bool(limits.rpm or limits.tpm)
 
