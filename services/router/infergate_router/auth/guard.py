@@ -80,10 +80,7 @@ class Admission:
         if self.settled:
             return
         self.settled = True
-        if self.settles_here:
-            self.limiter.settle_local(self.scopes, self.tokens.total)
-        else:
-            self.limiter.settle(self.scopes, self.member, self.tokens.total)
+        self.limiter.settle(self.scopes, self.member, self.tokens.total)
 
 
 def authenticate() -> None:

@@ -26,6 +26,7 @@ once, instead of through :data:`SETTLE`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -186,6 +187,11 @@ class Scope:
     name: str
     limits: KeyLimits
 
+    @functools.cached_property
+    def reservable(self) -> bool:
+        """:func:`.reservations.reservable` of the limits, worked out once per scope."""
+        return reservations.reservable(self.limits)
+
 
 class Usage(NamedTuple):
     """One scope's state after an admission, for the ``x-ratelimit-*`` headers
@@ -265,7 +271,7 @@ class RateLimiter:
         local = self._from_blocks(names, limits)
         if local is not None:
             return local
-        if not all(reservations.reservable(scope_limits) for scope_limits in limits):
+        if not self.settles_here(scopes):
             return self._in_redis(scopes, member, 0)
         # One request of the process asks Redis for new blocks; the others
         # that ran out meanwhile wait for its answer instead of each asking.
@@ -325,7 +331,7 @@ class RateLimiter:
         """Whether a request in ``scopes`` is settled without a round trip:
         none has an in-flight slot to free, so its tokens are counted in
         the process's blocks at once and reach Redis within ``FLUSH_S``."""
-        return all(reservations.reservable(scope.limits) for scope in scopes)
+        return all(scope.reservable for scope in scopes)
 
     def settle_local(self, scopes: list[Scope], tokens: int) -> None:
         """Add a request's tokens here (sent to Redis within ``FLUSH_S``)."""

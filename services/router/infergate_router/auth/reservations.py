@@ -190,7 +190,7 @@ class Blocks:
         with self._lock:
             for name, (requests_key, tokens_key) in zip(names, keys, strict=True):
                 block = self._held.get(name)
-                if block is not None and block.keys == (requests_key, tokens_key):
+                if block is not None:
                     block.tokens += tokens
                 self._owe(requests_key, tokens_key, "", tokens, 0)
         self._started_and_awake()
