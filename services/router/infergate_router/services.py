@@ -88,7 +88,10 @@ class RouterServices:
         metrics = RouterMetrics()
         inflight = InFlight(on_change=metrics.in_flight)
         workers = WorkerClient(
-            settings.connect_timeout_s, settings.request_timeout_s, internal_token=settings.internal_token
+            settings.connect_timeout_s,
+            settings.request_timeout_s,
+            internal_token=settings.internal_token,
+            lone_call_poll_us=settings.lone_call_poll_us,
         )
         reader = StreamReader(
             settings.redis_url, settings.stream_prefix, settings.stream_block_ms, settings.connect_timeout_s

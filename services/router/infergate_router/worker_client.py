@@ -38,6 +38,7 @@ from infergate_common.worker_api import (
 )
 
 from . import usage
+from .lone_call_poll import LoneCallPoll
 from .public_errors import worker_failure
 from .worker_connection import ConnectFailed, WorkerConnections
 
@@ -66,6 +67,7 @@ class WorkerClient:
         request_timeout_s: float,
         pool_size: int = 1000,
         internal_token: str = "",
+        lone_call_poll_us: int = 0,
     ) -> None:
         self.connect_timeout_s = connect_timeout_s
         # Workers require the internal credential on every route the router calls.
@@ -80,6 +82,8 @@ class WorkerClient:
         self._local = threading.local()
         self._pools: dict[str, WorkerConnections] = {}
         self._lock = threading.Lock()
+        # Only a gevent process has one loop to keep polling.
+        self._poll = LoneCallPoll(lone_call_poll_us) if self._shared and lone_call_poll_us else None
 
     def _connections(self, replica: str) -> WorkerConnections:
         pools = self._pools if self._shared else self._thread_pools()
@@ -104,7 +108,13 @@ class WorkerClient:
             pools = self._local.pools = {}
         return pools
 
-    def _post(self, replica: str, path: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
+    def _post(
+        self, replica: str, path: str, body: bytes, timeout_s: float, kind: str = ""
+    ) -> tuple[int, bytes]:
+        poll = self._poll
+        if poll is not None:
+            key = (replica, kind or path)
+            began = poll.begin(key)
         try:
             return self._connections(replica).post(path, body, timeout_s)
         except OSError as exc:
@@ -114,6 +124,9 @@ class WorkerClient:
             if isinstance(exc, TimeoutError):
                 raise GatewayTimeout(f"worker did not answer within {timeout_s:g}s") from exc
             raise UpstreamError(f"connection to the worker failed: {type(exc).__name__}") from exc
+        finally:
+            if poll is not None:
+                poll.end(key, began)
 
     @staticmethod
     def _parse(answer: tuple[int, bytes], model: type[ResponseT], expected: int = 200) -> ResponseT:
@@ -149,7 +162,7 @@ class WorkerClient:
         return response
 
     def start_stream(self, replica: str, request: GenerateRequest) -> StreamAccepted:
-        answer = self._post(replica, "/generate", self._body(request), self.stream_timeout_s)
+        answer = self._post(replica, "/generate", self._body(request), self.stream_timeout_s, "stream")
         return self._parse(answer, StreamAccepted, expected=202)
 
     def encode(self, replica: str, request: EncodeRequest) -> EncodeResponse:
@@ -169,7 +182,7 @@ class WorkerClient:
     def cancel(self, replica: str, request_id: str) -> None:
         """Best effort: a worker that is gone has nothing left to cancel."""
         try:
-            self._post(replica, f"/cancel/{request_id}", b"", CANCEL_TIMEOUT_S)
+            self._post(replica, f"/cancel/{request_id}", b"", CANCEL_TIMEOUT_S, "cancel")
         except UpstreamError as exc:
             log.info("cancel of %s on %s failed: %s", request_id, replica, exc.message)
 

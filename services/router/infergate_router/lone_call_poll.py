@@ -1,0 +1,85 @@
+"""Poll instead of sleeping while a process's only call to a worker is out,
+when that kind of call is usually answered within a short window.
+
+A router process with nothing else to do sleeps in ``epoll_wait`` until the
+worker answers, and waking a process that sat idle costs a virtual machine
+about a quarter of a millisecond of CPU and of latency (the virtual CPU
+halts and the hypervisor must wake it; ``docs/performance.md``, tenth and
+eleventh rounds). A classifier, a short completion or a stream's start is
+often answered sooner than that wake-up takes.
+
+So while exactly one call to a worker is outstanding, the loop keeps
+polling its sockets without blocking (a libev idle watcher: the loop calls
+``epoll_wait`` with a zero timeout while one is active), then sleeps as
+before. Every other greenlet is served as usual meanwhile: the loop runs,
+it only does not block. The poll lasts twice the usual answer time of that
+kind of call to that replica (a moving average), at most ``window_us``; a
+kind usually slower than ``window_us`` (a long generation) is never polled
+for, as an adaptive mutex stops spinning for a lock that is held long. With
+two or more calls outstanding the process is busy and never polls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from typing import Any
+
+from gevent import get_hub
+
+# Kinds of call remembered, beyond which the averages start again
+# (replicas come and go over a router's life).
+MAX_KINDS = 4096
+
+
+class LoneCallPoll:
+    """Counts the process's outstanding calls to workers (:meth:`begin`,
+    :meth:`end`), learns each kind's usual answer time, and keeps the loop
+    polling after a lone call begins whose kind is usually quick."""
+
+    def __init__(self, window_us: int) -> None:
+        self.window_ns = window_us * 1000
+        self.outstanding = 0
+        # Moving average of each kind's answer time, in ns.
+        self.usual_ns: dict[Hashable, int] = {}
+        self._until = 0
+        self._watcher: Any = None
+
+    def begin(self, kind: Hashable) -> int:
+        """Count a call of ``kind`` as begun; the time it began, for :meth:`end`."""
+        now = time.monotonic_ns()
+        self.outstanding += 1
+        watcher = self._watcher
+        if self.outstanding != 1:
+            if watcher is not None and watcher.active:
+                watcher.stop()  # the process is busy
+        elif self.window_ns:
+            usual = self.usual_ns.get(kind, 0)
+            if usual <= self.window_ns:
+                self._until = now + (min(self.window_ns, 2 * usual) if usual else self.window_ns)
+                if watcher is None:
+                    watcher = self._watcher = get_hub().loop.idle()
+                if not watcher.active:
+                    watcher.start(self._poll)
+        return now
+
+    def end(self, kind: Hashable, began_ns: int) -> None:
+        """Count a call as answered (or failed) and learn how long it took."""
+        took = time.monotonic_ns() - began_ns
+        self.outstanding -= 1
+        watcher = self._watcher
+        if watcher is not None and watcher.active:
+            watcher.stop()
+        usual = self.usual_ns.get(kind)
+        if usual is None and len(self.usual_ns) >= MAX_KINDS:
+            self.usual_ns.clear()
+        self.usual_ns[kind] = took if usual is None else usual + (took - usual) // 4
+
+    @property
+    def polling(self) -> bool:
+        return self._watcher is not None and bool(self._watcher.active)
+
+    def _poll(self) -> None:
+        """Called by the loop each time it finds nothing to do."""
+        if self.outstanding != 1 or time.monotonic_ns() >= self._until:
+            self._watcher.stop()
