@@ -4,7 +4,7 @@ object storage through fsspec against a real local S3 server (moto)."""
 from __future__ import annotations
 
 import contextlib
-import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,16 +15,16 @@ from moto.server import ThreadedMotoServer
 from infergate_batch.settings import BatchSettings
 from infergate_batch.storage import FileStorage, FsspecStorage, LocalStorage, open_storage
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Ports drawn as the integration tests' harness draws them (tests/harness/ports.py).
+_HARNESS = str(Path(__file__).resolve().parents[3] / "tests")
+if _HARNESS not in sys.path:
+    sys.path.append(_HARNESS)
+from harness.ports import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

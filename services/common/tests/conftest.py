@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Ports drawn as the integration tests' harness draws them (tests/harness/ports.py:
+# below the kernel's ephemeral range, so no outgoing connection takes one before
+# its service binds it).
+_HARNESS = str(Path(__file__).resolve().parents[3] / "tests")
+if _HARNESS not in sys.path:
+    sys.path.append(_HARNESS)
+from harness.ports import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +19,13 @@ from flask.testing import FlaskClient
 from infergate_registry.app import create_app
 from infergate_registry.settings import RegistrySettings
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Ports drawn as the integration tests' harness draws them (tests/harness/ports.py:
+# below the kernel's ephemeral range, so no outgoing connection takes one before
+# its service binds it).
+_HARNESS = str(Path(__file__).resolve().parents[3] / "tests")
+if _HARNESS not in sys.path:
+    sys.path.append(_HARNESS)
+from harness.ports import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
