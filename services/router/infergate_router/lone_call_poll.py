@@ -2,27 +2,34 @@
 when that kind of call is usually answered within a short window.
 
 A router process with nothing else to do sleeps in ``epoll_wait`` until the
-worker answers, and waking a process that sat idle costs a virtual machine
-about a quarter of a millisecond of CPU and of latency (the virtual CPU
-halts and the hypervisor must wake it; ``docs/performance.md``, tenth and
-eleventh rounds). A classifier, a short completion or a stream's start is
-often answered sooner than that wake-up takes.
+worker answers, and waking a process that sat idle costs the virtual
+machines measured here about a quarter of a millisecond of CPU and of
+latency (``docs/performance.md``, tenth and eleventh rounds). A
+classifier, a short completion or a stream's start is often answered
+sooner than that wake-up takes.
 
-So while exactly one call to a worker is outstanding, the loop keeps
-polling its sockets without blocking (a libev idle watcher: the loop calls
-``epoll_wait`` with a zero timeout while one is active), then sleeps as
-before. Every other greenlet is served as usual meanwhile: the loop runs,
-it only does not block. The poll lasts twice the usual answer time of that
-kind of call to that replica (a moving average), at most ``window_us``; a
-kind usually slower than ``window_us`` (a long generation) is never polled
-for, as an adaptive mutex stops spinning for a lock that is held long. With
-two or more calls outstanding the process is busy and never polls.
+So while the process has exactly one request in flight and one call to a
+worker out, the loop keeps polling its sockets without blocking (a libev
+idle watcher: the loop calls ``epoll_wait`` with a zero timeout while one is
+active), then sleeps as before. Every other greenlet is served as usual
+meanwhile: the loop runs, it only does not block. Each poll also offers the
+core to any other process waiting for it (``sched_yield``), so a worker on
+the same core answers as soon as it would have. The poll lasts twice the
+usual answer time of that kind of call to that replica (a moving average),
+at most ``window_us``. A kind usually slower than ``window_us`` (a long
+generation) is never polled for, as an adaptive mutex stops spinning for a
+lock that is held long. A process with another request in flight (an open
+stream, another call) is busy and never polls. Nor does a process where
+fewer than 9 in 10 of the recent calls (a moving average over about 16)
+began lone: under load a process finds itself with one call out now and
+then, and there the core is better left to the others.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from gevent import get_hub
@@ -30,16 +37,27 @@ from gevent import get_hub
 # Kinds of call remembered, beyond which the averages start again
 # (replicas come and go over a router's life).
 MAX_KINDS = 4096
+# A lone call is polled for only while most recent calls were lone too: a
+# process under load finds itself with one call out now and then, and there
+# the core is better left to the others.
+SHARE_OF_CALLS = 16
+LONE_SHARE = 0.9
 
 
 class LoneCallPoll:
     """Counts the process's outstanding calls to workers (:meth:`begin`,
     :meth:`end`), learns each kind's usual answer time, and keeps the loop
-    polling after a lone call begins whose kind is usually quick."""
+    polling after a lone call begins whose kind is usually quick.
+    ``in_flight`` gives the process's requests in flight (streams included),
+    the caller's own among them."""
 
-    def __init__(self, window_us: int) -> None:
+    def __init__(self, window_us: int, in_flight: Callable[[], int] = lambda: 1) -> None:
         self.window_ns = window_us * 1000
+        self.in_flight = in_flight
         self.outstanding = 0
+        # Share of recent calls that began lone: a moving average over about
+        # SHARE_OF_CALLS calls.
+        self.lone_share = 1.0
         # Moving average of each kind's answer time, in ns.
         self.usual_ns: dict[Hashable, int] = {}
         self._until = 0
@@ -50,10 +68,12 @@ class LoneCallPoll:
         now = time.monotonic_ns()
         self.outstanding += 1
         watcher = self._watcher
-        if self.outstanding != 1:
+        lone = self.outstanding == 1 and self.in_flight() <= 1
+        self.lone_share += ((1.0 if lone else 0.0) - self.lone_share) / SHARE_OF_CALLS
+        if not lone:
             if watcher is not None and watcher.active:
                 watcher.stop()  # the process is busy
-        elif self.window_ns:
+        elif self.window_ns and self.lone_share >= LONE_SHARE:
             usual = self.usual_ns.get(kind, 0)
             if usual <= self.window_ns:
                 self._until = now + (min(self.window_ns, 2 * usual) if usual else self.window_ns)
@@ -81,5 +101,7 @@ class LoneCallPoll:
 
     def _poll(self) -> None:
         """Called by the loop each time it finds nothing to do."""
-        if self.outstanding != 1 or time.monotonic_ns() >= self._until:
+        if self.outstanding != 1 or self.in_flight() > 1 or time.monotonic_ns() >= self._until:
             self._watcher.stop()
+        else:
+            os.sched_yield()

@@ -31,6 +31,8 @@ class InFlight:
     def __init__(self, on_change: Callable[[str, int], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        # The sum of _counts, kept as they change.
+        self._total = 0
         self._full_until: dict[str, float] = {}
         self._room = threading.Condition(self._lock)
         # Callers in wait_for_room: a release wakes them only when there are any.
@@ -43,7 +45,7 @@ class InFlight:
         return self._counts.get(url, 0)
 
     def total(self) -> int:
-        return sum(self._counts.values())
+        return self._total
 
     def by_model(self) -> dict[str, int]:
         """Requests in flight per model name (models with none left out)."""
@@ -100,12 +102,16 @@ class InFlight:
     def acquire(self, url: str) -> None:
         with self._lock:
             self._counts[url] = self._counts.get(url, 0) + 1
+            self._total += 1
         if self._on_change is not None:
             self._on_change(self._model_of.get(url, ""), 1)
 
     def release(self, url: str) -> None:
         with self._lock:
-            left = self._counts.get(url, 0) - 1
+            held = self._counts.get(url, 0)
+            if held:
+                self._total -= 1
+            left = held - 1
             if left > 0:
                 self._counts[url] = left
             else:

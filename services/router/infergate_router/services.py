@@ -92,6 +92,7 @@ class RouterServices:
             settings.request_timeout_s,
             internal_token=settings.internal_token,
             lone_call_poll_us=settings.lone_call_poll_us,
+            in_flight=inflight.total,
         )
         reader = StreamReader(
             settings.redis_url, settings.stream_prefix, settings.stream_block_ms, settings.connect_timeout_s

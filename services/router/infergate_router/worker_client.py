@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -68,6 +69,7 @@ class WorkerClient:
         pool_size: int = 1000,
         internal_token: str = "",
         lone_call_poll_us: int = 0,
+        in_flight: Callable[[], int] = lambda: 1,
     ) -> None:
         self.connect_timeout_s = connect_timeout_s
         # Workers require the internal credential on every route the router calls.
@@ -83,7 +85,9 @@ class WorkerClient:
         self._pools: dict[str, WorkerConnections] = {}
         self._lock = threading.Lock()
         # Only a gevent process has one loop to keep polling.
-        self._poll = LoneCallPoll(lone_call_poll_us) if self._shared and lone_call_poll_us else None
+        self._poll = (
+            LoneCallPoll(lone_call_poll_us, in_flight) if self._shared and lone_call_poll_us else None
+        )
 
     def _connections(self, replica: str) -> WorkerConnections:
         pools = self._pools if self._shared else self._thread_pools()

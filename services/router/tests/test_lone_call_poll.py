@@ -122,3 +122,44 @@ def test_a_zero_window_never_polls() -> None:
     began = poll.begin("k")
     assert not poll.polling
     poll.end("k", began)
+
+
+def test_a_process_with_another_request_in_flight_does_not_poll() -> None:
+    """An open stream is a request in flight with no call out: the process
+    relays its tokens, and a new stream's first call is not lone."""
+    in_flight = [2]
+    poll = LoneCallPoll(LONG_WINDOW_US, lambda: in_flight[0])
+    began = poll.begin("stream start")
+    assert not poll.polling
+    poll.end("stream start", began)
+    # The other request ends: a lone call polls again, until another request comes.
+    in_flight[0] = 1
+    began = poll.begin("stream start")
+    assert poll.polling
+    in_flight[0] = 2
+    assert _polls_while(0.02) < 10
+    assert not poll.polling
+    poll.end("stream start", began)
+
+
+def test_a_process_under_load_does_not_poll_for_its_odd_lone_call_until_it_is_lone_again() -> None:
+    in_flight = [5]
+    poll = LoneCallPoll(LONG_WINDOW_US, lambda: in_flight[0])
+    for _ in range(64):
+        poll.end("k", poll.begin("k"))
+    assert poll.lone_share < 0.1
+    # One request in flight now and then: not polled for.
+    in_flight[0] = 1
+    began = poll.begin("k")
+    assert not poll.polling
+    poll.end("k", began)
+    # Lone calls one after another: polled for again once 9 in 10 recent ones were lone.
+    lone_calls = 0
+    began = poll.begin("k")
+    while not poll.polling:
+        poll.end("k", began)
+        lone_calls += 1
+        assert lone_calls < 64
+        began = poll.begin("k")
+    assert poll.lone_share >= 0.9 and lone_calls > 16
+    poll.end("k", began)
