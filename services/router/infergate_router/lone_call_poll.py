@@ -12,9 +12,9 @@ So while the process has exactly one request in flight and one call to a
 worker out, the loop keeps polling its sockets without blocking (a libev
 idle watcher: the loop calls ``epoll_wait`` with a zero timeout while one is
 active), then sleeps as before. Every other greenlet is served as usual
-meanwhile: the loop runs, it only does not block. Each poll also offers the
-core to any other process waiting for it (``sched_yield``), so a worker on
-the same core answers as soon as it would have. The poll lasts twice the
+meanwhile: the loop runs, it only does not block. Every 16th poll offers
+the core to any other process waiting for it (``sched_yield``), so a worker
+on the same core answers as soon as it would have. The poll lasts twice the
 usual answer time of that kind of call to that replica (a moving average),
 at most ``window_us``. A kind usually slower than ``window_us`` (a long
 generation) is never polled for, as an adaptive mutex stops spinning for a
@@ -42,6 +42,11 @@ MAX_KINDS = 4096
 # the core is better left to the others.
 SHARE_OF_CALLS = 16
 LONE_SHARE = 0.9
+# Every this many polls the core is offered to any other process waiting for
+# it (sched_yield): a worker on the same core then answers as soon as it
+# would have, and the poll does not burn the core it needs. At every poll it
+# cost 20-40 µs of the lone call's latency where the worker has a core of its own.
+YIELD_EVERY = 16
 
 
 class LoneCallPoll:
@@ -62,6 +67,7 @@ class LoneCallPoll:
         self.usual_ns: dict[Hashable, int] = {}
         self._until = 0
         self._watcher: Any = None
+        self._polls = 0
 
     def begin(self, kind: Hashable) -> int:
         """Count a call of ``kind`` as begun; the time it began, for :meth:`end`."""
@@ -104,4 +110,6 @@ class LoneCallPoll:
         if self.outstanding != 1 or self.in_flight() > 1 or time.monotonic_ns() >= self._until:
             self._watcher.stop()
         else:
-            os.sched_yield()
+            self._polls += 1
+            if self._polls % YIELD_EVERY == 0:
+                os.sched_yield()
