@@ -1,9 +1,9 @@
 """The bare forward-pass ceiling of an encoder: batches of ``--batch``
 inputs, tokenised once, run back to back in ``torch.inference_mode()`` with
 ``--threads`` torch threads, no server. Prints one JSON line: rows per
-second, milliseconds per batch. The batching scenario runs it in its own
-process (the same thread count as the worker) in the same run as the
-served throughput.
+second, milliseconds per batch, the time measured. The batching scenario
+runs it in its own process (the same thread count as the worker), in
+slices alternated with slices of the served throughput.
 
     python -m bench.forward_ceiling --model var/models/minilm-classifier --batch 32 --threads 2
 """
@@ -49,6 +49,7 @@ def main() -> None:
                 "batches": batches,
                 "rows_per_s": round(batches * args.batch / wall, 1),
                 "ms_per_batch": round(1000 * wall / batches, 3),
+                "wall_s": round(wall, 4),
             }
         )
     )
