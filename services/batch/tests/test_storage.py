@@ -4,22 +4,16 @@ object storage through fsspec against a real local S3 server (moto)."""
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
+from harness.ports import free_port  # tests/harness, on the path by services/conftest.py
 from moto.server import ThreadedMotoServer
 
 from infergate_batch.settings import BatchSettings
 from infergate_batch.storage import FileStorage, FsspecStorage, LocalStorage, open_storage
-
-# Ports drawn as the integration tests' harness draws them (tests/harness/ports.py).
-_HARNESS = str(Path(__file__).resolve().parents[3] / "tests")
-if _HARNESS not in sys.path:
-    sys.path.append(_HARNESS)
-from harness.ports import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-
-# Ports drawn as the integration tests' harness draws them (tests/harness/ports.py:
-# below the kernel's ephemeral range, so no outgoing connection takes one before
-# its service binds it).
-_HARNESS = str(Path(__file__).resolve().parents[3] / "tests")
-if _HARNESS not in sys.path:
-    sys.path.append(_HARNESS)
-from harness.ports import free_port  # noqa: E402
+from harness.ports import free_port  # tests/harness, on the path by services/conftest.py
 
 
 @pytest.fixture(scope="session")

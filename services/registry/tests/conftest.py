@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,17 +14,10 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from harness.ports import free_port  # tests/harness, on the path by services/conftest.py
 
 from infergate_registry.app import create_app
 from infergate_registry.settings import RegistrySettings
-
-# Ports drawn as the integration tests' harness draws them (tests/harness/ports.py:
-# below the kernel's ephemeral range, so no outgoing connection takes one before
-# its service binds it).
-_HARNESS = str(Path(__file__).resolve().parents[3] / "tests")
-if _HARNESS not in sys.path:
-    sys.path.append(_HARNESS)
-from harness.ports import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")

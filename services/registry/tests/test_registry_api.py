@@ -319,7 +319,7 @@ def test_changes_are_published_for_new_models_and_replicas_only(
 
 def test_redis_down_is_503(redis_url: str, prefix: str) -> None:
     # A port nothing listens on: every call fails to connect.
-    from conftest import free_port
+    from harness.ports import free_port
 
     dead = create_app(RegistrySettings(redis_url=f"redis://127.0.0.1:{free_port()}/0", reap_interval_s=0))
     client = dead.test_client()

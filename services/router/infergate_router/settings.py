@@ -28,9 +28,9 @@ class RouterSettings(GenerationLimits):
     # Longest a worker may take to answer a non-streaming call.
     request_timeout_s: float = Field(600.0, gt=0)
     connect_timeout_s: float = Field(3.0, gt=0)
-    # While a process's only call to a worker is out, and that kind of call is
-    # usually answered within this long, its loop polls instead of sleeping for
-    # up to this long (a wake-up costs a VM ~0.25 ms; docs/performance.md; 0: never).
+    # While a process's only request in flight has its call to a worker out, and
+    # that kind of call is usually answered within this long, the loop polls for
+    # the answer instead of sleeping, for up to this long (lone_call_poll.py; 0: never).
     lone_call_poll_us: int = Field(1000, ge=0, le=10000)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     # Plain keys accepted as ``Authorization: Bearer <key>`` (every model, no

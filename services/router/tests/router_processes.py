@@ -19,14 +19,7 @@ from pathlib import Path
 
 import redis
 import requests
-
-# Ports drawn as the integration tests' harness draws them (tests/harness/ports.py:
-# below the kernel's ephemeral range, so no outgoing connection takes one before
-# its service binds it).
-_HARNESS = str(Path(__file__).resolve().parents[3] / "tests")
-if _HARNESS not in sys.path:
-    sys.path.append(_HARNESS)
-from harness.ports import free_port  # noqa: E402
+from harness.ports import free_port  # tests/harness, on the path by services/conftest.py
 
 
 class Process:
