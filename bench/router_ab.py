@@ -10,11 +10,15 @@ once from an unpaced engine; tokens relayed per router CPU-second.
 open stream each 25 ms, as a batching engine does, so each token reaches the
 router on its own; router CPU per token.
 ``--mode kserve``: KServe v1 ``:predict`` calls (one sentence each) to a
-benchmark-engine encoder at concurrency 1 and 16, figures as ``plain``. Prints
+benchmark-engine encoder at concurrency 1 and 16, figures as ``plain``.
+``--mode encoder``: one client's KServe v1 ``:predict`` calls (one sentence
+each) to worker-hf serving the MiniLM-sized classifier (micro-batching on,
+2 torch threads), whose forward pass takes several milliseconds. Prints
 each figure and the ratio A/B; writes them to
 ``bench/results/router-ab-<mode>-<time>.json``.
 
-    python -m bench.router_ab --base <commit> [--mode plain|relay|paced|kserve] [--requests 1000] [--rounds 6]
+    python -m bench.router_ab --base <commit> [--mode plain|relay|paced|kserve|encoder]
+        [--requests 1000] [--rounds 6]
 
 B runs from a ``git worktree`` of ``--base`` (removed at the end), with
 that tree's router and common packages first on ``PYTHONPATH``.
@@ -34,7 +38,9 @@ from typing import Any
 from .client import Call
 from .context import run_async
 from .loadgen import fresh_run
+from .models import ensure_test_models, worker_hf
 from .procstat import CpuMeter, children
+from .scenarios.batching import sentence
 from .scenarios.overhead import completion_calls
 from .scenarios.relay import stream_calls
 from .stacks import ROOT, BenchStack
@@ -43,6 +49,11 @@ LEVELS: tuple[int, ...] = (1, 16)
 PACED_STREAMS = 64
 PACED_TOKENS = 200
 PACED_INTERVAL_MS = 25
+
+
+def one_sentence(i: int) -> dict[str, Any]:
+    """A KServe v1 predict body with one sentence that differs per request."""
+    return {"instances": [sentence(i)]}
 
 
 def _worktree(base: str, where: Path) -> Path:
@@ -68,6 +79,11 @@ def measure(base_tree: Path, mode: str, requests: int, rounds: int, workdir: Pat
         elif mode == "kserve":
             worker = stack.null_worker("null", "--task", "text_embedding")
             levels, count = LEVELS, requests
+        elif mode == "encoder":
+            model = ensure_test_models(ROOT / "var" / "models") / "minilm-classifier"
+            flags = ("--max_batch_size", "32", "--torch_threads", "2")
+            worker = stack.start_worker("null", worker_hf("null", model, *flags))  # served as "null" too
+            levels, count = (1,), requests
         else:
             worker = stack.null_worker("null", "--tokens", "16")
             levels, count = LEVELS, requests
@@ -87,6 +103,8 @@ def measure(base_tree: Path, mode: str, requests: int, rounds: int, workdir: Pat
                 return Call(
                     "router v1 predict", f"{url}/v1/models/null:predict", lambda i: {"instances": [f"s {i}"]}
                 )
+            if mode == "encoder":
+                return Call("router v1 predict", f"{url}/v1/models/null:predict", one_sentence)
             return completion_calls(worker.url, url, "null")[1]
 
         async def run() -> None:
@@ -133,8 +151,8 @@ def measure(base_tree: Path, mode: str, requests: int, rounds: int, workdir: Pat
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the commit B runs (A is this checkout)")
-    parser.add_argument("--mode", choices=("plain", "relay", "paced", "kserve"), default="plain")
-    parser.add_argument("--requests", type=int, default=1000, help="requests per round (plain, kserve)")
+    parser.add_argument("--mode", choices=("plain", "relay", "paced", "kserve", "encoder"), default="plain")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per round (not relay)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds per router and level")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="router-ab-") as tmp:
