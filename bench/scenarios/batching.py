@@ -26,7 +26,11 @@ The 32 clients with batching on and the bare forward pass alternate too:
 ``CEILING_ROUNDS`` slices of each, the order swapped every round, each
 side's rate over all its slices. Measured once, minutes apart, the
 ceiling moved by 20% between runs on the same machine (194 to 233 rows/s),
-and that drift fell on the ratio."""
+and that drift fell on the ratio. The forward pass runs in one long-lived
+process, as the worker does, warmed up before its first slice: run as a new
+process per slice, its first slice was the slowest by a fifth to a third in
+every run, since a new process's first seconds of compute sometimes ran at
+half speed on the machines measured here."""
 
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -87,14 +92,41 @@ def pooled(label: str, runs: list[RunResult]) -> RunResult:
 CEILING_ROUNDS = 3
 
 
-def forward_ceiling(model_dir: Any, threads: int, seconds: float) -> dict[str, Any]:
-    """The bare forward pass at batch 32 in a process of its own."""
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.forward_ceiling", "--model", str(model_dir), "--batch", "32",
-         "--threads", str(threads), "--seconds", str(seconds)],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+class ForwardCeiling:
+    """The bare forward pass at batch 32 in a long-lived process of its own
+    (``bench/forward_ceiling.py --slices``), measured a slice at a time."""
+
+    def __init__(self, model_dir: Any, threads: int, log: Path) -> None:
+        self.log = log
+        with open(log, "wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.forward_ceiling", "--model", str(model_dir), "--batch", "32",
+                 "--threads", str(threads), "--slices"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+            )  # fmt: skip
+        self._answer("ready")
+
+    def slice(self, seconds: float) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{seconds}\n")
+        self.process.stdin.flush()
+        return dict(json.loads(self._answer()))
+
+    def _answer(self, expected: str | None = None) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if not line or (expected is not None and line != expected):
+            raise RuntimeError(f"forward_ceiling answered {line!r}; see {self.log}")
+        return line
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def pooled_ceiling(slices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,6 +163,7 @@ def run(ctx: Context) -> ScenarioResult:
             return result
 
         ceiling_slices: list[dict[str, Any]] = []
+        served_slices: list[RunResult] = []
 
         def serve(
             name: str,
@@ -166,18 +199,22 @@ def run(ctx: Context) -> ScenarioResult:
         def alternate_with_ceiling(call: Call, c: int, count: int) -> dict[str, Any]:
             """``call`` at ``c`` clients in slices alternated with slices of the
             bare forward pass (kept in ``ceiling_slices``); one summary."""
-            runs: list[RunResult] = []
+            runs = served_slices
+            log = ctx.scenario_dir(NAME) / "forward_ceiling.log"
+            bare_model = ForwardCeiling(models / "minilm-classifier", ctx.worker_threads, log)
 
             def served() -> None:
                 runs.append(run_async(fresh_run(call, c, count, duration / CEILING_ROUNDS, warmup=c)))
 
             def bare() -> None:
-                model_dir, seconds = models / "minilm-classifier", ceiling_s / CEILING_ROUNDS
-                ceiling_slices.append(forward_ceiling(model_dir, ctx.worker_threads, seconds))
+                ceiling_slices.append(bare_model.slice(ceiling_s / CEILING_ROUNDS))
 
-            for r in range(CEILING_ROUNDS):
-                for step in (served, bare) if r % 2 == 0 else (bare, served):
-                    step()
+            try:
+                for r in range(CEILING_ROUNDS):
+                    for step in (served, bare) if r % 2 == 0 else (bare, served):
+                        step()
+            finally:
+                bare_model.close()
             return pooled(call.kind, runs).summary()
 
         def one_client_rounds(calls: list[tuple[Call, int]]) -> list[dict[str, Any]]:
@@ -278,7 +315,8 @@ def run(ctx: Context) -> ScenarioResult:
     ]
     result.notes.append(
         f"The bare forward pass and the 32 clients with batching on ran in {CEILING_ROUNDS} alternated "
-        f"slices each; the forward pass's slices gave {ceiling['slices_rows_per_s']} rows/s."
+        f"slices each; the forward pass's slices gave {ceiling['slices_rows_per_s']} rows/s, the 32 "
+        f"clients' {[round(one.summary()['requests_per_s'], 1) for one in served_slices]} requests/s."
     )
     result.notes.append(
         "For scale (issue 6): KServe 0.13's Hugging Face server answers about 80 requests/s on 2 cores "
