@@ -39,7 +39,7 @@ from typing import Any
 from gevent import pywsgi
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
-from . import socket_send
+from . import lone_call_poll, socket_send
 
 # The standard library's limits (http.client's _MAXLINE and _MAXHEADERS).
 MAX_LINE = 65536
@@ -111,8 +111,29 @@ def http_date() -> bytes:
 
 
 class RouterHandler(PyWSGIHandler):
+    # The process's poll, told of the request being handled (lone_call_poll:
+    # it may poll for the next request once this one is done).
+    _told: lone_call_poll.LoneCallPoll | None = None
+
     def MessageClass(self, rfile: Any, *_args: Any) -> Any:
         return read_headers(rfile)
+
+    def read_requestline(self) -> Any:
+        line = super().read_requestline()
+        poll = lone_call_poll.for_process()
+        if line and poll is not None:
+            poll.request_arrived()
+            self._told = poll
+        return line
+
+    def handle_one_request(self) -> Any:
+        try:
+            return super().handle_one_request()
+        finally:
+            poll = self._told
+            if poll is not None:
+                self._told = None
+                poll.request_done()
 
     def finalize_headers(self) -> None:
         # gevent's attribute, reset for each response: a Date the app set.

@@ -23,6 +23,18 @@ stream, another call) is busy and never polls. Nor does a process where
 fewer than 9 in 10 of the recent calls (a moving average over about 16)
 began lone: under load a process finds itself with one call out now and
 then, and there the core is better left to the others.
+
+The same poll bridges the gap between one request's response and the next
+request, when this process's recent gaps were usually shorter than
+``window_us`` (a client sending requests one after another on its
+connection: a batch script, an agent's calls, a benchmark): the process
+would otherwise sleep and be woken for the next request line. The gap's
+usual length is a moving average of the gaps, each counted at most
+``LONG_GAP_WINDOWS`` windows, so a process whose traffic comes with pauses
+learns within a few requests not to poll. :func:`for_process` gives the
+HTTP server the process's poll; it tells it when a request arrives
+(:meth:`LoneCallPoll.request_arrived`) and when one is done
+(:meth:`LoneCallPoll.request_done`).
 """
 
 from __future__ import annotations
@@ -47,6 +59,22 @@ LONE_SHARE = 0.9
 # would have, and the poll does not burn the core it needs. At every poll it
 # cost 20-40 µs of the lone call's latency where the worker has a core of its own.
 YIELD_EVERY = 16
+# A gap between requests counts as at most this many windows in the moving
+# average of gaps: one long pause is a long gap, whatever its length.
+LONG_GAP_WINDOWS = 4
+
+_process_poll: LoneCallPoll | None = None
+
+
+def for_process() -> LoneCallPoll | None:
+    """The poll of this process's worker client, if it has one (gevent only)."""
+    return _process_poll
+
+
+def serve_process(poll: LoneCallPoll | None) -> None:
+    """Make ``poll`` the one the process's HTTP server tells of requests."""
+    global _process_poll
+    _process_poll = poll
 
 
 class LoneCallPoll:
@@ -68,6 +96,12 @@ class LoneCallPoll:
         self._until = 0
         self._watcher: Any = None
         self._polls = 0
+        # Requests the HTTP server is handling, the moving average of the gap
+        # from a response to the next request (0: none seen), and when the
+        # process last had none (0: it has some).
+        self.requests = 0
+        self.usual_gap_ns = 0
+        self._idle_since = 0
 
     def begin(self, kind: Hashable) -> int:
         """Count a call of ``kind`` as begun; the time it began, for :meth:`end`."""
@@ -83,10 +117,7 @@ class LoneCallPoll:
             usual = self.usual_ns.get(kind, 0)
             if usual <= self.window_ns:
                 self._until = now + (min(self.window_ns, 2 * usual) if usual else self.window_ns)
-                if watcher is None:
-                    watcher = self._watcher = get_hub().loop.idle()
-                if not watcher.active:
-                    watcher.start(self._poll)
+                self._start_polling()
         return now
 
     def end(self, kind: Hashable, began_ns: int) -> None:
@@ -101,13 +132,47 @@ class LoneCallPoll:
             self.usual_ns.clear()
         self.usual_ns[kind] = took if usual is None else usual + (took - usual) // 4
 
+    def request_arrived(self) -> None:
+        """A request line was read: learn the gap since the process was idle."""
+        self.requests += 1
+        if self._idle_since:
+            gap = min(time.monotonic_ns() - self._idle_since, LONG_GAP_WINDOWS * self.window_ns)
+            usual = self.usual_gap_ns
+            self.usual_gap_ns = gap if not usual else usual + (gap - usual) // 4
+            self._idle_since = 0
+            watcher = self._watcher
+            if watcher is not None and watcher.active and not self.outstanding:
+                watcher.stop()
+
+    def request_done(self) -> None:
+        """A request's response was sent (or the request failed). With none
+        left, poll for the next one if it usually comes within the window."""
+        self.requests -= 1
+        if self.requests or self.outstanding:
+            return
+        now = self._idle_since = time.monotonic_ns()
+        gap = self.usual_gap_ns
+        if gap and gap <= self.window_ns and self.lone_share >= LONE_SHARE:
+            self._until = now + min(self.window_ns, 2 * gap)
+            self._start_polling()
+
     @property
     def polling(self) -> bool:
         return self._watcher is not None and bool(self._watcher.active)
 
+    def _start_polling(self) -> None:
+        watcher = self._watcher
+        if watcher is None:
+            watcher = self._watcher = get_hub().loop.idle()
+        if not watcher.active:
+            watcher.start(self._poll)
+
     def _poll(self) -> None:
         """Called by the loop each time it finds nothing to do."""
-        if self.outstanding != 1 or self.in_flight() > 1 or time.monotonic_ns() >= self._until:
+        # A call out: polled for while it is the only one; between requests:
+        # until the next arrives.
+        busy = (self.outstanding != 1 or self.in_flight() > 1) if self.outstanding else self.requests > 0
+        if busy or time.monotonic_ns() >= self._until:
             self._watcher.stop()
         else:
             self._polls += 1

@@ -30,7 +30,9 @@ class RouterSettings(GenerationLimits):
     connect_timeout_s: float = Field(3.0, gt=0)
     # While a process's only request in flight has its call to a worker out, and
     # that kind of call is usually answered within this long, the loop polls for
-    # the answer instead of sleeping, for up to this long (lone_call_poll.py; 0: never).
+    # the answer instead of sleeping, for up to this long; and after a response,
+    # for the next request, when this process's next request usually comes
+    # sooner than that (lone_call_poll.py; 0: never).
     lone_call_poll_us: int = Field(1000, ge=0, le=10000)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     # Plain keys accepted as ``Authorization: Bearer <key>`` (every model, no

@@ -38,7 +38,7 @@ from infergate_common.worker_api import (
     TabularPredictResponse,
 )
 
-from . import usage
+from . import lone_call_poll, usage
 from .lone_call_poll import LoneCallPoll
 from .public_errors import worker_failure
 from .worker_connection import ConnectFailed, WorkerConnections
@@ -88,6 +88,8 @@ class WorkerClient:
         self._poll = (
             LoneCallPoll(lone_call_poll_us, in_flight) if self._shared and lone_call_poll_us else None
         )
+        if self._poll is not None:
+            lone_call_poll.serve_process(self._poll)
 
     def _connections(self, replica: str) -> WorkerConnections:
         pools = self._pools if self._shared else self._thread_pools()

@@ -6,9 +6,15 @@ handful when it sleeps."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import gevent
 import gevent.socket
+from gevent import pywsgi
 
+from infergate_router import lone_call_poll
+from infergate_router.http_server import RouterHandler
 from infergate_router.lone_call_poll import LoneCallPoll
 
 # Windows far longer than the answers below, so that no test depends on how
@@ -163,3 +169,124 @@ def test_a_process_under_load_does_not_poll_for_its_odd_lone_call_until_it_is_lo
         began = poll.begin("k")
     assert poll.lone_share >= 0.9 and lone_calls > 16
     poll.end("k", began)
+
+
+def _requests_apart(poll: LoneCallPoll, gaps_s: list[float]) -> None:
+    """Requests handled one at a time, ``gaps_s`` apart."""
+    poll.request_arrived()
+    for gap in gaps_s:
+        poll.request_done()
+        gevent.sleep(gap)
+        poll.request_arrived()
+
+
+def test_between_requests_a_process_polls_once_the_next_request_usually_comes_soon() -> None:
+    poll = LoneCallPoll(LONG_WINDOW_US)
+    poll.request_arrived()
+    poll.request_done()
+    assert not poll.polling  # no gap seen yet
+    gevent.sleep(0.005)
+    poll.request_arrived()
+    assert 5_000_000 <= poll.usual_gap_ns < LONG_WINDOW_US * 1000
+    poll.request_done()
+    assert poll.polling
+    ran: list[bool] = []
+    gevent.spawn_later(0.002, ran.append, True)
+    assert _polls_while(0.005) > 100
+    assert ran == [True]
+    # The next request ends the poll.
+    poll.request_arrived()
+    assert not poll.polling
+    assert _polls_while(0.02) < 10
+    poll.request_done()
+    # Nor does it outlast twice the usual gap (about 2 x 5 ms).
+    gevent.sleep(0.03)
+    assert not poll.polling
+    assert _polls_while(0.02) < 10
+
+
+def test_no_poll_between_requests_while_another_request_is_handled() -> None:
+    poll = LoneCallPoll(LONG_WINDOW_US)
+    _requests_apart(poll, [0.002, 0.002])
+    poll.request_arrived()  # a second request, a stream say
+    poll.request_done()
+    assert poll.requests == 1 and not poll.polling
+    assert _polls_while(0.02) < 10
+    poll.request_done()
+    assert poll.polling
+
+
+def test_a_process_whose_requests_come_with_pauses_learns_not_to_poll_between_them() -> None:
+    poll = LoneCallPoll(5_000)
+    _requests_apart(poll, [0.001, 0.001, 0.001])
+    poll.request_done()
+    assert poll.polling
+    gevent.sleep(0.1)  # a pause, counted as four windows
+    poll.request_arrived()
+    assert poll.usual_gap_ns > 5_000_000
+    poll.request_done()
+    assert not poll.polling
+    assert _polls_while(0.02) < 10
+    # Requests one after another again: polled for within a few.
+    poll.request_arrived()
+    for _ in range(8):
+        if poll.usual_gap_ns <= 5_000_000:
+            break
+        poll.request_done()
+        gevent.sleep(0.0005)
+        poll.request_arrived()
+    poll.request_done()
+    assert poll.polling
+
+
+def test_a_zero_window_never_polls_between_requests() -> None:
+    poll = LoneCallPoll(0)
+    _requests_apart(poll, [0.001, 0.001])
+    poll.request_done()
+    assert not poll.polling
+
+
+class _NoAccessLog:
+    """What the router's handler reads of gunicorn's log: access logging off."""
+
+    access_log_enabled = False
+
+    def write(self, *_args: Any) -> None:
+        pass
+
+
+def test_the_routers_http_server_tells_the_process_poll_of_each_request() -> None:
+    """gevent's server with the router's handler, three requests on one
+    keep-alive connection: each counted when its request line is read and
+    done when its response is sent, and the gaps between them learned."""
+    poll = LoneCallPoll(LONG_WINDOW_US)
+    seen: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(poll.requests)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    lone_call_poll.serve_process(poll)
+    server = pywsgi.WSGIServer(("127.0.0.1", 0), app, handler_class=RouterHandler, log=_NoAccessLog())
+    server.start()
+    client = gevent.socket.create_connection(server.address)
+    try:
+        for _ in range(3):
+            client.sendall(b"GET / HTTP/1.1\r\nHost: router\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"\r\n\r\nok"):
+                chunk = client.recv(4096)
+                assert chunk
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
+            deadline = time.monotonic() + 5
+            while poll.requests and time.monotonic() < deadline:
+                gevent.sleep(0.001)
+            assert poll.requests == 0
+        assert seen == [1, 1, 1]
+        assert poll.usual_gap_ns > 0
+    finally:
+        client.close()
+        server.stop()
+        lone_call_poll.serve_process(None)
