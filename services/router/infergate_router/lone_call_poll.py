@@ -31,7 +31,14 @@ connection: a batch script, an agent's calls, a benchmark): the process
 would otherwise sleep and be woken for the next request line. The gap's
 usual length is a moving average of the gaps, each counted at most
 ``LONG_GAP_WINDOWS`` windows, so a process whose traffic comes with pauses
-learns within a few requests not to poll. :func:`for_process` gives the
+learns within a few requests not to poll. Nor does it poll after a request
+whose call to a worker took longer than the window (an encoder's forward
+pass): a wake-up is a small part of such a request, and where the worker
+shares the router's cores the poll's CPU is better left to it. Side by side
+on one client's encoder requests, polling after them cost 1.17–1.23x router
+CPU per request for a p50 that moved within the spread between runs
+(``docs/performance.md``, twelfth round).
+:func:`for_process` gives the
 HTTP server the process's poll; it tells it when a request arrives
 (:meth:`LoneCallPoll.request_arrived`) and when one is done
 (:meth:`LoneCallPoll.request_done`).
@@ -102,6 +109,9 @@ class LoneCallPoll:
         self.requests = 0
         self.usual_gap_ns = 0
         self._idle_since = 0
+        # Whether every call since the last request arrived was answered
+        # within the window.
+        self._calls_quick = True
 
     def begin(self, kind: Hashable) -> int:
         """Count a call of ``kind`` as begun; the time it began, for :meth:`end`."""
@@ -124,6 +134,8 @@ class LoneCallPoll:
         """Count a call as answered (or failed) and learn how long it took."""
         took = time.monotonic_ns() - began_ns
         self.outstanding -= 1
+        if took > self.window_ns:
+            self._calls_quick = False
         watcher = self._watcher
         if watcher is not None and watcher.active:
             watcher.stop()
@@ -135,6 +147,7 @@ class LoneCallPoll:
     def request_arrived(self) -> None:
         """A request line was read: learn the gap since the process was idle."""
         self.requests += 1
+        self._calls_quick = True
         if self._idle_since:
             gap = min(time.monotonic_ns() - self._idle_since, LONG_GAP_WINDOWS * self.window_ns)
             usual = self.usual_gap_ns
@@ -146,13 +159,14 @@ class LoneCallPoll:
 
     def request_done(self) -> None:
         """A request's response was sent (or the request failed). With none
-        left, poll for the next one if it usually comes within the window."""
+        left, poll for the next one if it usually comes within the window,
+        and this one's calls to workers were answered within it too."""
         self.requests -= 1
         if self.requests or self.outstanding:
             return
         now = self._idle_since = time.monotonic_ns()
         gap = self.usual_gap_ns
-        if gap and gap <= self.window_ns and self.lone_share >= LONE_SHARE:
+        if gap and gap <= self.window_ns and self._calls_quick and self.lone_share >= LONE_SHARE:
             self._until = now + min(self.window_ns, 2 * gap)
             self._start_polling()
 

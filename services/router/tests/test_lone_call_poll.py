@@ -290,3 +290,17 @@ def test_the_routers_http_server_tells_the_process_poll_of_each_request() -> Non
         client.close()
         server.stop()
         lone_call_poll.serve_process(None)
+
+
+def test_no_poll_for_the_next_request_after_a_call_slower_than_the_window() -> None:
+    poll = LoneCallPoll(50_000)
+    _requests_apart(poll, [0.001, 0.001])
+    poll.end("encoder", poll.begin("encoder") - 100_000_000)  # a 100 ms forward pass
+    poll.request_done()
+    assert not poll.polling
+    assert _polls_while(0.02) < 10
+    # The next request's call is quick again: polled for after it.
+    poll.request_arrived()
+    poll.end("classifier", poll.begin("classifier"))
+    poll.request_done()
+    assert poll.polling
