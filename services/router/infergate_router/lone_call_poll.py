@@ -35,7 +35,7 @@ learns within a few requests not to poll. Nor does it poll after a request
 whose call to a worker took longer than the window (an encoder's forward
 pass): a wake-up is a small part of such a request, and where the worker
 shares the router's cores the poll's CPU is better left to it. Side by side
-on one client's encoder requests, polling after them cost 1.17–1.23x router
+on one client's encoder requests, polling after them cost 1.17-1.23x router
 CPU per request for a p50 that moved within the spread between runs
 (``docs/performance.md``, twelfth round).
 :func:`for_process` gives the
