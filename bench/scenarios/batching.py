@@ -198,13 +198,15 @@ def run(ctx: Context) -> ScenarioResult:
 
         def alternate_with_ceiling(call: Call, c: int, count: int) -> dict[str, Any]:
             """``call`` at ``c`` clients in slices alternated with slices of the
-            bare forward pass (kept in ``ceiling_slices``); one summary."""
-            runs = served_slices
+            bare forward pass; each side's slices kept (``served_slices``,
+            ``ceiling_slices``) for the notes; one summary."""
             log = ctx.scenario_dir(NAME) / "forward_ceiling.log"
             bare_model = ForwardCeiling(models / "minilm-classifier", ctx.worker_threads, log)
 
             def served() -> None:
-                runs.append(run_async(fresh_run(call, c, count, duration / CEILING_ROUNDS, warmup=c)))
+                served_slices.append(
+                    run_async(fresh_run(call, c, count, duration / CEILING_ROUNDS, warmup=c))
+                )
 
             def bare() -> None:
                 ceiling_slices.append(bare_model.slice(ceiling_s / CEILING_ROUNDS))
@@ -215,7 +217,7 @@ def run(ctx: Context) -> ScenarioResult:
                         step()
             finally:
                 bare_model.close()
-            return pooled(call.kind, runs).summary()
+            return pooled(call.kind, served_slices).summary()
 
         def one_client_rounds(calls: list[tuple[Call, int]]) -> list[dict[str, Any]]:
             """``calls`` one client at a time, in alternating rounds; one

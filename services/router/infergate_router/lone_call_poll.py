@@ -37,8 +37,7 @@ pass): a wake-up is a small part of such a request, and where the worker
 shares the router's cores the poll's CPU is better left to it. Side by side
 on one client's encoder requests, polling after them cost 1.17-1.23x router
 CPU per request for a p50 that moved within the spread between runs
-(``docs/performance.md``, twelfth round).
-:func:`for_process` gives the
+(``docs/performance.md``, twelfth round). :func:`for_process` gives the
 HTTP server the process's poll; it tells it when a request arrives
 (:meth:`LoneCallPoll.request_arrived`) and when one is done
 (:meth:`LoneCallPoll.request_done`).
